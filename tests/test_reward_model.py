@@ -167,3 +167,39 @@ def test_reward_model_reaches_heldout_accuracy_on_builtin_pairs(tmp_path):
         max_prompt_length=128, progress="false"))
     print({k: round(v, 4) for k, v in result.items() if k.startswith("eval_")})
     assert result["eval_accuracy"] >= 0.8
+
+
+def test_trainable_layers_freezes_embeddings_and_lower_blocks(tokenizer):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from posttrain.rewards.reward_model import freeze_lower_layers
+
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=1, num_labels=1, pad_token_id=tokenizer.pad_token_id))
+    assert freeze_lower_layers(model, 1) == 3
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("model.layers.2.", "model.norm", "score")) for n in trainable)
+    assert "score.weight" in trainable and "model.norm.weight" in trainable
+    ids = torch.tensor([[5, 6, 7, 8]])
+    sequence_scores(model, ids, torch.ones_like(ids)).sum().backward()
+    assert model.model.layers[0].mlp.up_proj.weight.grad is None and model.model.embed_tokens.weight.grad is None
+    assert model.model.layers[2].mlp.up_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="has 3 blocks"):
+        freeze_lower_layers(model, 4)
+
+
+def test_reward_model_component_scores_with_the_saved_model(tiny_model_dir, tmp_path):
+    from posttrain.rewards.compose import build_reward
+
+    run_reward(reward_config(model=tiny_model_dir, out=tmp_path / "rm", max_steps=1, batch_size=2, progress="false",
+                             max_length=128, max_prompt_length=64, trainable_layers=1,
+                             data="[{source: 'builtin:arithmetic_preference', count: 4}]", eval_data="[]"))
+    path = str(tmp_path / "rm" / "model")
+    composer = build_reward([{"reward_model": path, "weight": 0.5, "options": {"scale": 2.0, "offset": 1.0}}])
+    prompts, completions = ["What is 2 + 3?", "What is 7 - 4?"], ["The answer is 5.", "The answer is 9."]
+    raw = RewardModelScorer(path).score(prompts, completions)
+    assert composer.components[0][0] == "reward_model"
+    fn, weight = composer.components[0][1], composer.components[0][2]
+    assert weight == 0.5 and fn(prompts, completions) == pytest.approx([2.0 * s + 1.0 for s in raw], abs=1e-5)

@@ -33,29 +33,22 @@ def length_reward(prompts, completions, **columns):
     return [len(c) / 10.0 for c in completions]
 
 
-_RM = {}
+# --- fixtures
 
 
-def tiny_rm_reward(prompts, completions, **columns):
-    """A stand-in reward model (the project's reward-model trainer is written elsewhere): a tiny
-    random-init ``LlamaForSequenceClassification`` scoring the completion text."""
+@pytest.fixture(scope="session")
+def tiny_rm_dir(tmp_path_factory, tokenizer):
+    """A saved tiny random-init ``LlamaForSequenceClassification``: a reward-model folder as
+    ``posttrain reward`` writes it, for the ``{"reward_model": path}`` reward component."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    if "model" not in _RM:
-        from posttrain.models import load_tokenizer
-
-        tok = load_tokenizer("smollm2-135m-instruct")
-        torch.manual_seed(1)
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                          num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tok.pad_token_id)
-        _RM["model"], _RM["tok"] = LlamaForSequenceClassification(cfg).eval(), tok
-    tok, model = _RM["tok"], _RM["model"]
-    with torch.no_grad():
-        enc = tok([c or "." for c in completions], return_tensors="pt", padding=True)
-        return model(**enc).logits.squeeze(-1).tolist()
-
-
-# --- fixtures
+    path = tmp_path_factory.mktemp("tiny-rm")
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    LlamaForSequenceClassification(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
 
 # tiny_model_dir: the shared session fixture in conftest.py (tiny Llama + SmolLM2 tokenizer).
 
@@ -205,13 +198,14 @@ def constant_reward(prompts, completions, **columns):
     # RLOO with the rows' own verifier (TÜLU's 10-or-0) plus a custom 'module.function' reward
     (RLOOConfig, {"verifiable_reward": 10.0, "reward": [
         {"verifier": "auto"}, {"function": "test_rl.length_reward", "weight": 0.5}]}),
-    # PPO with a reward-model reward (a tiny stand-in sequence classifier), KL in the reward
-    (PPOConfig, {"reward": [{"function": "test_rl:tiny_rm_reward"}]}),
+    # PPO with a reward-model reward (a saved tiny sequence classifier), KL in the reward
+    (PPOConfig, {"reward": [{"reward_model": "TINY_RM", "options": {"scale": 2.0}}]}),
     (NLPOConfig, {"mask_refresh_steps": 1, "ppo_epochs": 1, "num_minibatches": 1}),
 ])
-def test_algorithms_run_end_to_end(cls, extra, tiny_model_dir, tmp_path):
+def test_algorithms_run_end_to_end(cls, extra, tiny_model_dir, tiny_rm_dir, tmp_path):
     from posttrain.train.rl.trainer import run_rl
 
+    extra = json.loads(json.dumps(extra).replace("TINY_RM", tiny_rm_dir))
     out = tmp_path / cls.__name__
     run_rl(rl_config(cls, tiny_model_dir, out, eval_data=[], temperature=2.0, **extra))
     train = [r for r in read_metrics(out) if "reward_mean" in r]
@@ -224,6 +218,8 @@ def test_algorithms_run_end_to_end(cls, extra, tiny_model_dir, tmp_path):
         assert report["reward_components"][0]["correct_value"] == 10.0
         assert report["reward_components"][1]["weight"] == 0.5
     else:
+        if cls is PPOConfig:
+            assert "reward/reward_model" in train[0] and report["reward_components"][0]["name"] == "reward_model"
         assert {"value_loss", "explained_variance", "kl", "clip_fraction", "entropy"} <= set(train[-1])
         assert train[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # π = π_ref before the first update
         assert all(math.isfinite(r["kl"]) for r in train)  # k1 may be < 0 on a sample

@@ -221,6 +221,8 @@ class RewardComposer:
 
 _VERIFIER_KEYS = {"verifier", "weight", "correct_value", "options", "name"}
 _FUNCTION_KEYS = {"function", "weight", "name"}
+_REWARD_MODEL_KEYS = {"reward_model", "weight", "name", "options"}
+_KINDS = ("verifier", "function", "reward_model")
 
 
 def build_reward(spec: Sequence[dict], no_eos_penalty: float = 0.0) -> RewardComposer:
@@ -229,7 +231,8 @@ def build_reward(spec: Sequence[dict], no_eos_penalty: float = 0.0) -> RewardCom
         {"verifier": "gsm8k", "weight": 1.0, "correct_value": 10.0, "options": {...}, "name": ...}
         {"verifier": "auto"}                       # each row's `verifier` / `dataset` column
         {"function": "mypkg.rewards:len_penalty", "weight": 0.1, "name": ...}
-        {"function": rm_scorer, "weight": 0.5}     # a callable in hand, e.g. a reward model
+        {"function": rm_scorer, "weight": 0.5}     # a callable in hand
+        {"reward_model": "runs/rm/model", "weight": 1.0, "options": {"scale": 1.0, "batch_size": 8}}
 
     Unknown keys are errors that name the key. Default component names: the verifier name, or
     the function's name.
@@ -238,9 +241,10 @@ def build_reward(spec: Sequence[dict], no_eos_penalty: float = 0.0) -> RewardCom
     for i, entry in enumerate(spec):
         if not isinstance(entry, dict):
             raise TypeError(f"reward entry {i} must be a dict, got {type(entry).__name__}")
-        if ("verifier" in entry) == ("function" in entry):
-            raise ValueError(f"reward entry {i} needs exactly one of 'verifier' or 'function': {entry}")
-        allowed = _VERIFIER_KEYS if "verifier" in entry else _FUNCTION_KEYS
+        kinds = [k for k in _KINDS if k in entry]
+        if len(kinds) != 1:
+            raise ValueError(f"reward entry {i} needs exactly one of 'verifier', 'function' or 'reward_model': {entry}")
+        allowed = {"verifier": _VERIFIER_KEYS, "function": _FUNCTION_KEYS, "reward_model": _REWARD_MODEL_KEYS}[kinds[0]]
         unknown = sorted(set(entry) - allowed)
         if unknown:
             more = f" (and {unknown[1:]})" if unknown[1:] else ""
@@ -255,6 +259,11 @@ def build_reward(spec: Sequence[dict], no_eos_penalty: float = 0.0) -> RewardCom
                 verifier_options=entry.get("options"),
             )
             name = entry.get("name", entry["verifier"])
+        elif "reward_model" in entry:
+            from posttrain.rewards.reward_model import reward_model
+
+            fn = reward_model(entry["reward_model"], **(entry.get("options") or {}))
+            name = entry.get("name", "reward_model")
         else:
             target = entry["function"]
             fn = load_callable(target) if isinstance(target, str) else target

@@ -74,6 +74,27 @@ def load_reward_model(spec: str, dtype: str = "float32", template: str = "tokeni
     return model, tokenizer
 
 
+def freeze_lower_layers(model, trainable_layers: int) -> int:
+    """Freeze the embeddings and all but the top ``trainable_layers`` transformer blocks; the final
+    norm, pooler and score head stay trainable. Returns the number of blocks found.
+
+    Why: a reward model's score head reads the last layer, and the top blocks adapt most (the
+    usual "freeze the bottom" partial fine-tuning). Autograd then never enters the frozen part,
+    so backward costs only the top blocks — about 2x faster per step on CPU for SmolLM2 with 8 of
+    30 blocks trainable."""
+    blocks = max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=None)
+    if blocks is None or len(blocks) == 0:
+        raise ValueError("trainable_layers: this model has no list of transformer blocks to freeze")
+    if not 0 < trainable_layers <= len(blocks):
+        raise ValueError(f"trainable_layers={trainable_layers}: the model has {len(blocks)} blocks; "
+                         f"choose 1..{len(blocks)} (or 0 to train every weight)")
+    frozen = {id(p) for block in blocks[:len(blocks) - trainable_layers] for p in block.parameters()}
+    for name, param in model.named_parameters():
+        if id(param) in frozen or "embed" in name:
+            param.requires_grad_(False)
+    return len(blocks)
+
+
 def sequence_scores(model, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
     """(B,) float scores: decoder heads read at the last real token of each row, encoders pooled."""
     inner = getattr(model, "module", model)

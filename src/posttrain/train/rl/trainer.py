@@ -494,7 +494,7 @@ def write_reward_report_inputs(run_dir: Path, config: RLConfig, reward, kl_contr
     evals = [r for r in records if "eval_accuracy" in r]
     components = []
     for entry, (name, _, weight) in zip(reward_spec(config), reward.components):
-        kind = "verifier" if "verifier" in entry else "function"
+        kind = next(k for k in ("verifier", "function", "reward_model") if k in entry)
         target = entry.get(kind)
         components.append({"name": name, "kind": kind, "target": target if isinstance(target, str) else repr(target),
                            "weight": weight, "correct_value": entry.get("correct_value")})
