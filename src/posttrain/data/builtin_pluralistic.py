@@ -14,9 +14,12 @@ contract (``prompt`` + ``chosen`` + ``rejected``) with extra columns.
 Each style uses a fixed register (formal: "certainly", "it is advisable", "kind regards"; casual:
 "hey", "gonna", "super", "lol"), so both axes are linearly visible in frozen embeddings also on
 unseen prompt topics (a linear probe on MiniLM, trained on train topics: formality 100%, length
-~93% on held-out topics; hashed bag of words: 100% / 100%).
-Every prompt also has unhelpful responses ("I don't know, sorry.") that all groups reject.
-Pair kinds: ``agreed`` (good vs unhelpful: everyone agrees), ``contested_length`` (same
+~93% on held-out topics; hashed bag of words: 100% / 100%; measured with the first 28 topics).
+Every prompt also has unhelpful responses that all groups reject, written in the same four styles
+("Certainly. Regrettably, I am unable to ...", "Hey! No clue how to ... lol"), so helpfulness is
+independent of length and formality (``UNHELPFUL_TEMPLATES`` says why).
+Pair kinds: ``agreed`` (helpful vs unhelpful, styles drawn independently: everyone agrees),
+``contested_length`` (same
 formality, different length) and ``contested_formality`` (same length, different formality);
 each group splits 2-vs-2 on each contested axis, so a population-level Bradley–Terry model sees
 coin flips there. Every user gets exact quotas: ``round(n·p_contested)`` contested comparisons
@@ -24,8 +27,13 @@ coin flips there. Every user gets exact quotas: ``round(n·p_contested)`` contes
 comparisons (the VPL context pool) inform both axes. Each row: ``user_id, group, prompt, chosen,
 rejected, kind, role``; ``role`` is ``train`` (train users), ``context`` (held-out user's labelled
 comparisons — the VPL context / active-learning pool) or ``eval`` (held-out user's test comparisons).
-Train and held-out users are disjoint and see disjoint prompt topics. ``label_noise`` flips
-train/context labels; eval rows carry the user's noise-free preference.
+Train and held-out users are disjoint and see disjoint prompt topics (48 topics, a quarter held
+out; with the first 28 alone, held-out users' agreed pairs were visibly harder for a per-user model,
+whose helpfulness score generalised to new topics less well than its style scores). Defaults: 60
+train users and 10 held-out users per group; 24 labelled comparisons per user and 48 eval
+comparisons per held-out user (32 contested, so one error moves a user's contested accuracy by 3
+points and an 85% threshold is resolved). ``label_noise`` (5%) flips train/context labels and
+marks them ``noisy_flip``; eval rows carry the user's noise-free preference.
 
 ``make_routing_dataset`` — preference instances with a human label and an LM-judge label where
 the judge is systematically wrong on the ``math`` slice (prefers a bare, wrong final answer to a
@@ -72,6 +80,26 @@ TOPICS = [
     ("make a budget spreadsheet", "list your monthly income", "list fixed and variable costs", "subtract costs from income", "you see where money goes"),
     ("paint a room", "cover the floor and furniture", "apply a coat of primer", "paint two thin coats", "the finish looks even"),
     ("keep bananas fresh", "separate them from other fruit", "wrap the stems in plastic", "store them at room temperature", "they ripen slowly"),
+    ("change a bike tyre", "remove the wheel from the frame", "lever the old tyre off the rim", "fit the new tube and tyre", "the ride feels safe again"),
+    ("descale a kettle", "fill it with equal parts vinegar and water", "boil the mixture and leave it for an hour", "rinse it several times", "the water tastes clean"),
+    ("write a thank-you note", "open with the gift or favour", "say how you will use it", "end with a warm wish", "the giver feels appreciated"),
+    ("grow basil indoors", "sow the seeds in moist compost", "keep the pot on a sunny sill", "pinch off the flower buds", "the leaves keep coming"),
+    ("negotiate a salary", "research the market rate", "state a specific figure first", "pause and let them respond", "you are paid fairly"),
+    ("stretch after a workout", "hold each stretch for thirty seconds", "breathe slowly throughout", "never bounce into a stretch", "your muscles recover faster"),
+    ("unclog a sink", "pour boiling water down the drain", "use a plunger with firm strokes", "clean the trap underneath", "the water drains freely"),
+    ("make a simple salad dressing", "whisk three parts oil with one part vinegar", "add mustard and a pinch of salt", "taste and adjust the balance", "the salad tastes fresh"),
+    ("pack a suitcase", "lay out everything you plan to bring", "roll the clothes tightly", "put heavy items near the wheels", "nothing gets creased"),
+    ("give a short speech", "write down three key points", "practise it aloud twice", "look at the audience while speaking", "people follow your message"),
+    ("clean a laptop keyboard", "switch the laptop off", "turn it over and tap out the crumbs", "wipe the keys with a damp cloth", "the keys stop sticking"),
+    ("iron a shirt", "set the iron to the fabric type", "start with the collar and cuffs", "finish with the body and sleeves", "the shirt looks crisp"),
+    ("read more books", "carry a book everywhere", "read ten pages before bed", "join a book club", "reading becomes a habit"),
+    ("defrost a freezer", "empty it and switch it off", "place bowls of hot water inside", "wipe away the melted ice", "the freezer runs efficiently"),
+    ("set up a home aquarium", "rinse the gravel and decorations", "fill the tank and run the filter for a week", "add a few fish at a time", "the fish stay healthy"),
+    ("choose running shoes", "check the wear pattern of your old pair", "try shoes on in the afternoon", "jog a few steps in the shop", "your feet stay comfortable"),
+    ("memorise a poem", "read it aloud several times", "learn it one line at a time", "recite it from memory each morning", "the words stay with you"),
+    ("get rid of fruit flies", "remove overripe fruit", "set a trap with cider vinegar and soap", "empty the bin daily", "the flies disappear"),
+    ("keep a journal", "pick a fixed time each day", "write three sentences at least", "reread old entries monthly", "you notice your progress"),
+    ("make rice fluffy", "rinse the rice until the water runs clear", "simmer it with a tight lid", "let it rest for ten minutes", "the grains stay separate"),
 ]
 
 PROMPT_FORMS = ["How do I {task}?", "What is the best way to {task}?", "Can you explain how to {task}?"]
@@ -112,11 +140,49 @@ STYLE_TEMPLATES = {
     ],
 }
 
-BAD_TEMPLATES = [
-    "I don't know, sorry.",
-    "Why would you want to {task}? Figure it out yourself.",
-    "To {task}, just {wrong}.",
-]
+# Unhelpful responses (the rejected side of every agreed pair) come in the same four styles, with
+# the same register markers and about the same length as the helpful ones, and never state a step.
+# So helpfulness is a third axis, independent of length and formality. With unhelpful answers all
+# short (an earlier version), agreed pairs taught every group "longer is better": a shared reward
+# absorbed length as a quality cue, and on unseen topics leaned towards long answers (a population
+# Bradley–Terry model preferred the longer answer in 92.5% of held-out length pairs, against 70% on
+# train topics), so concise users of held-out topics were misjudged even with the right latent.
+UNHELPFUL_TEMPLATES = {
+    ("concise", "formal"): [
+        "Certainly. Regrettably, it is not advisable for me to advise on how to {task}. Kind regards.",
+        "Certainly. It is advisable to consult a specialist regarding how to {task}.",
+        "In brief, I am unable to assist with how to {task}. Kind regards.",
+    ],
+    ("concise", "casual"): [
+        "Hey! No clue how to {task} lol, just google it!!",
+        "Hey, dunno lol, you're gonna have to ask someone else!! :)",
+        "Lol no idea how to {task}, super sorry!!",
+    ],
+    ("detailed", "formal"): [
+        "Certainly. The question of how to {task} is one that many people raise, and it is advisable to "
+        "consider it carefully. Regrettably, I am unable to provide specific guidance on this matter. "
+        "Circumstances differ considerably, and a general answer could prove misleading. Subsequently, it is "
+        "advisable to consult a qualified specialist or a reliable reference. Kind regards.",
+        "Certainly. It is advisable to approach the question of how to {task} with due caution. Regrettably, "
+        "the matter depends on numerous factors that I am not in a position to assess. Accordingly, I must "
+        "refrain from recommending any particular procedure. Please do not hesitate to consult an expert. "
+        "Kind regards.",
+        "Certainly. Many individuals wish to {task}, and the subject has been discussed at considerable length. "
+        "Regrettably, opinions differ, and it would not be advisable for me to favour any one of them. "
+        "Thereafter, you may wish to seek the views of a specialist. I trust this is understood. Kind regards.",
+    ],
+    ("detailed", "casual"): [
+        "Hey! Ugh, honestly no clue lol. People ask me how to {task} all the time and I'm gonna be real with "
+        "you, I never figured it out. Like, super confusing stuff!! Maybe just google it or ask a friend?? "
+        "Sorry, super unhelpful I know lol, good luck though :)",
+        "Hey hey! Okay so I'm gonna be honest lol, I have no idea how to {task}. Seriously, no idea at all!! "
+        "My friend tried once and it was a total mess, trust me. Anyway, you're gonna figure it out, "
+        "probably. Super sorry lol, have fun :)",
+        "Hey, okay lol so here's the deal: I dunno how to {task}. Honestly it's one of those things that's "
+        "super hard to explain and I'm gonna skip it!! Just ask around or watch a video or whatever. "
+        "Sorry, you got this lol!!",
+    ],
+}
 
 GROUPS = ["concise_formal", "concise_casual", "detailed_formal", "detailed_casual"]
 STYLES = [("concise", "formal"), ("concise", "casual"), ("detailed", "formal"), ("detailed", "casual")]
@@ -141,8 +207,8 @@ def _style_response(rng: random.Random, topic: tuple, style: tuple[str, str]) ->
     return template.format(task=task, s1=s1, s2=s2, s3=s3, S1=_cap(s1), benefit=benefit)
 
 
-def _bad_response(rng: random.Random, topic: tuple, other: tuple) -> str:
-    return rng.choice(BAD_TEMPLATES).format(task=topic[0], wrong=other[3])
+def _unhelpful_response(rng: random.Random, topic: tuple, style: tuple[str, str]) -> str:
+    return rng.choice(UNHELPFUL_TEMPLATES[style]).format(task=topic[0])
 
 
 def _prefers(group: str, a: tuple[str, str], b: tuple[str, str]) -> bool:
@@ -163,9 +229,8 @@ def _comparison(rng: random.Random, topics: list[tuple], group: str, noise: floa
         good, bad = (a, b) if _prefers(group, a, b) else (b, a)
         chosen, rejected = _style_response(rng, topic, good), _style_response(rng, topic, bad)
     else:
-        other = rng.choice([t for t in topics if t is not topic])
         chosen = _style_response(rng, topic, rng.choice(STYLES))
-        rejected = _bad_response(rng, topic, other)
+        rejected = _unhelpful_response(rng, topic, rng.choice(STYLES))  # style drawn independently
     flipped = rng.random() < noise
     if flipped:
         chosen, rejected = rejected, chosen
@@ -186,11 +251,11 @@ def _kinds(rng: random.Random, n: int, p_contested: float) -> list[str]:
 
 def make_pluralistic_dataset(
     seed: int = 0,
-    users_per_group_train: int = 30,
+    users_per_group_train: int = 60,
     users_per_group_heldout: int = 10,
     comparisons_per_train_user: int = 24,
     context_per_heldout_user: int = 24,
-    eval_per_heldout_user: int = 24,
+    eval_per_heldout_user: int = 48,
     label_noise: float = 0.05,
     p_contested: float = 2 / 3,
     heldout_topic_fraction: float = 0.25,
