@@ -81,7 +81,8 @@ def bench_trl(data: list[dict], steps: int, warmup: int, out: str) -> float:
     args = DPOConfig(output_dir=f"{out}/trl", per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
                      max_steps=warmup + steps + 1, learning_rate=LR, beta=BETA, loss_type=["sigmoid"],
                      max_length=MAX_LENGTH, use_cpu=True, report_to="none", logging_steps=1, save_strategy="no",
-                     precompute_ref_log_probs=False, dataloader_num_workers=0, warmup_steps=0)
+                     precompute_ref_log_probs=False, dataloader_num_workers=0, warmup_steps=0,
+                     gradient_checkpointing=False)  # TRL 1.16 turns it on by default; ours runs without
     trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), ref_model=AutoModelForCausalLM.from_pretrained(path),
                          args=args, train_dataset=Dataset.from_list(data), processing_class=load_tokenizer(path),
                          callbacks=[Clock()])
