@@ -80,8 +80,8 @@ def freeze_lower_layers(model, trainable_layers: int) -> int:
 
     Why: a reward model's score head reads the last layer, and the top blocks adapt most (the
     usual "freeze the bottom" partial fine-tuning). Autograd then never enters the frozen part,
-    so backward costs only the top blocks — about 2x faster per step on CPU for SmolLM2 with 8 of
-    30 blocks trainable."""
+    so backward costs only the top blocks (the forward still runs every block).
+    """
     blocks = max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=None)
     if blocks is None or len(blocks) == 0:
         raise ValueError("trainable_layers: this model has no list of transformer blocks to freeze")

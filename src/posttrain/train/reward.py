@@ -44,7 +44,7 @@ class RewardConfig(PreferenceOptions):
     model: str = opt("smollm2-135m-instruct", "backbone: hub id, local folder, .gguf, smollm2-135m-instruct, "
                      "or minilm (the all-MiniLM-L6-v2 encoder)", "Model")
     trainable_layers: int = opt(0, "train only the top N transformer blocks (+ final norm and score head); "
-                                "0 = every weight. Backward stops at the first trainable block: ~2x faster",
+                                "0 = every weight. backward stops at the first trainable block",
                                 "Model")
     learning_rate: float = opt(1e-5, "peak learning rate (AdamW): ~1e-5 for causal LMs, ~5e-5 for MiniLM",
                                "Optimization")
