@@ -24,6 +24,7 @@ from typing import Any
 
 from posttrain.merging import (MergeError, _finite, merge_interpolate, merge_linear, merge_task_arithmetic,
                                normalize_weights, spearman)
+from posttrain.train.common import log as _log  # rich print, as every trainer logs
 
 __all__ = ["perplexity", "interpolation_sweep", "train_skill_and_merge", "train_partition_models",
            "simulate_mixtures", "rank_correlation"]
@@ -31,12 +32,6 @@ __all__ = ["perplexity", "interpolation_sweep", "train_skill_and_merge", "train_
 
 # ---------------------------------------------------------------------------------------------
 # Evaluating merged models
-
-
-def _log(message: str) -> None:
-    from rich import print as rprint
-
-    rprint(message)
 
 
 def perplexity(model: str | Path, eval_data: Sequence[Any], *, max_length: int = 512, batch_size: int = 4,

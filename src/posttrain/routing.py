@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import time
@@ -48,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from posttrain.embeddings import embed_texts
+from posttrain.reports import atomic_write_text
 
 # ---------------------------------------------------------------------------
 # 1. Feature registry: instance dict → bucket name
@@ -285,12 +285,6 @@ def route(rows: list[dict], budget: int, encoder: str = "minilm", features: list
 # Output
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def routed_rows(train: list[dict], human_mask: torch.Tensor) -> list[dict]:
     """Train rows as prompt / chosen / rejected with ``label_source`` ∈ {"human", "lm"}."""
     out = []
@@ -375,13 +369,13 @@ def main(argv: list[str] | None = None) -> int:
 
     train = [r for r in first_rows if r["split"] == "train"]
     routed = routed_rows(train, first.human_mask)
-    _atomic_write_text(out / "routed.jsonl", "".join(json.dumps(r) + "\n" for r in routed))
+    atomic_write_text(out / "routed.jsonl", "".join(json.dumps(r) + "\n" for r in routed))
     ppm_blob = {"buckets": first.ppm.buckets, "coef": first.ppm.coef.tolist(), "intercept": first.ppm.intercept,
                 "features": args.features, "mixture_features": "fraction human per bucket, then its square", "r2": first.ppm.r2}
-    _atomic_write_text(out / "ppm.json", json.dumps(ppm_blob, indent=2))
+    atomic_write_text(out / "ppm.json", json.dumps(ppm_blob, indent=2))
     metrics = {"mean_accuracy": mean_acc, "per_seed": per_seed, "budget": args.budget, "bucket_table": first.bucket_table,
                "ppm_r2": first.ppm.r2, "seconds": time.time() - t0, "config": vars(args)}
-    _atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     figures = _plots(out, mean_acc, first)
 
     lines = ["# Hybrid human / LM preference routing report", "",
@@ -397,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in sorted(first.bucket_table, key=lambda r: -r["human"]):
         lines.append(f"| {row['bucket']} | {row['instances']} | {row['human']} | {row['lm_agreement']:.0%} | {row['ppm_weight']:+.3f} |")
     lines += [""] + [f"![{f}]({f})" for f in figures]
-    _atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     print("mean: " + "  ".join(f"{k} {v:.3f}" for k, v in mean_acc.items()) + f"\nwrote {out / 'report.md'} ({time.time() - t0:.1f}s)")
     return 0
 

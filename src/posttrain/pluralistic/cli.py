@@ -16,15 +16,10 @@ from posttrain.pluralistic.data import embed_rows, group_users
 from posttrain.pluralistic.evaluation import _split_heldout, active_learning_curve, evaluate_heldout, queries_to_reach
 from posttrain.pluralistic.model import ACQUISITIONS, POOLINGS, REWARD_HEADS, VPLRewardModel, expected_likelihood_reward
 from posttrain.pluralistic.training import TrainConfig, train_bt, train_vpl
+from posttrain.reports import atomic_write_text
 
 # ---------------------------------------------------------------------------
 # Saving and report
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_model(model: nn.Module, path: Path, metadata: dict) -> None:
@@ -293,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             "length_feature": args.length_feature}
     save_model(vpl, out / "vpl.safetensors", meta)
     save_model(bt, out / "bt.safetensors", meta)
-    _atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     figures = _plots(out, vpl_hist, bt_hist, ev, curves, args.target_accuracy, args.max_queries)
-    _atomic_write_text(out / "report.md", _report(out, args, metrics, figures))
+    atomic_write_text(out / "report.md", _report(out, args, metrics, figures))
     s = ev["summary"]
     print(f"held-out contested: BT {s['bt_contested']:.1%}  VPL {s['vpl_contested']:.1%} "
           f"(agreed: BT {s['bt_agreed']:.1%}  VPL {s['vpl_agreed']:.1%}); VPL per user: "
