@@ -38,6 +38,7 @@ parser.add_argument("--group", type=int, default=8)
 parser.add_argument("--max-new-tokens", type=int, default=40)
 parser.add_argument("--temperature", type=float, default=0.8)
 parser.add_argument("--beta", type=float, default=0.01)
+parser.add_argument("--eval-n", type=int, default=30, help="held-out problems scored before and after")
 parser.add_argument("--model", default="smollm2-135m-instruct")
 parser.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (a rerun resumes)")
 parser.add_argument("--mixed-precision", default="no", help="no = fp32 everywhere (as on CPU)")
@@ -49,7 +50,8 @@ overrides = {
     "prompts_per_step": args.prompts, "group_size": args.group, "max_new_tokens": args.max_new_tokens,
     "temperature": args.temperature, "beta": args.beta, "batch_size": 16, "eval_steps": 0, "save_steps": args.save_steps,
     "data": json.dumps([{"source": "builtin:arithmetic_rlvr", "n": 120}]),
-    "eval_data": json.dumps([{"source": "builtin:arithmetic_rlvr:test", "n": 30}]), "progress": False,
+    "eval_data": json.dumps([{"source": "builtin:arithmetic_rlvr:test", "n": args.eval_n}]), "eval_size": args.eval_n,
+    "progress": False,
 }
 config = load_config(GRPOConfig, overrides=[f"{k}={v}" for k, v in overrides.items()])
 start = time.perf_counter()

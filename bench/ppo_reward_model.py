@@ -7,7 +7,10 @@ folded into the reward (k1, as TÜLU 3 / TRL's PPOTrainer), and the value model 
 that reward model (TÜLU 3's choice). Prompts: built-in single-digit arithmetic and IFEval-style
 prompts, the kinds the reward model was trained on. Prints the reward model's mean score over the
 first and last thirds of the run, the KL per step (max and last), and the verifiable accuracy of
-the sampled completions, so a rising RM score that verifiers do not confirm shows up.
+the sampled completions, so a rising RM score that verifiers do not confirm shows up. Then the
+less noisy check: greedy completions of the base and the trained policy on held-out prompts
+(``--heldout`` per source, test splits), scored by the same reward model, compared pairwise
+(mean difference with a 95 % interval) — the per-step training means above are single samples.
 
     PYTHONPATH=src .venv/bin/python bench/ppo_reward_model.py --rm runs/rm/model          # ~15 min on 2 cores
     PYTHONPATH=src .venv/bin/python bench/ppo_reward_model.py --rm runs/rm/model --steps 20 --beta 0.05
@@ -39,6 +42,7 @@ parser.add_argument("--max-new-tokens", type=int, default=48)
 parser.add_argument("--beta", type=float, default=0.05)
 parser.add_argument("--kl-target", type=float, default=0.0, help="adaptive KL target (0 = fixed beta)")
 parser.add_argument("--value-model", default="rm", help="rm (the reward model, as TÜLU 3) or policy")
+parser.add_argument("--heldout", type=int, default=24, help="held-out prompts per source for the before/after check")
 args = parser.parse_args()
 
 overrides = {
@@ -75,3 +79,31 @@ print(f"KL per token: first {kls[0]:.4f}, max {max(kls):.4f}, last {kls[-1]:.4f}
       f"final beta {train[-1].get('beta', args.beta)}")
 print(f"response length: first third {mean(train[:third], 'response_length'):.1f}, "
       f"last third {mean(train[-third:], 'response_length'):.1f}")
+
+
+# --- held-out before/after: greedy completions of base and trained policy, scored by the RM
+from posttrain.data.sources import load_source  # noqa: E402
+from posttrain.evaluation.generation import HFGenerator  # noqa: E402
+from posttrain.evaluation.metrics import mean_confidence_interval  # noqa: E402
+from posttrain.models import load_model, load_tokenizer  # noqa: E402
+from posttrain.rewards import get_verifier  # noqa: E402
+from posttrain.rewards.reward_model import RewardModelScorer  # noqa: E402
+
+heldout = (load_source("builtin:arithmetic_rlvr:test", n=args.heldout)
+           + load_source("builtin:ifeval_rlvr:test", n=args.heldout))
+prompts = [r["messages"] for r in heldout]
+scorer = RewardModelScorer(args.rm)
+results = {}
+for name, spec in (("base", config.model), ("trained", str(Path(args.out) / "model"))):
+    generator = HFGenerator(load_model(spec), load_tokenizer(spec), batch_size=16)
+    texts = [c[0] for c in generator.generate(prompts, max_new_tokens=args.max_new_tokens)]
+    verified = [get_verifier(r["verifier"])(t, r["ground_truth"]).score for r, t in zip(heldout, texts)]
+    results[name] = {"rm": scorer.score(prompts, texts), "verified": verified}
+diff = [b - a for a, b in zip(results["base"]["rm"], results["trained"]["rm"])]
+mean_diff, low, high = mean_confidence_interval(diff)
+print(f"held-out ({len(heldout)} prompts, greedy): RM score base {sum(results['base']['rm']) / len(diff):.3f}, "
+      f"trained {sum(results['trained']['rm']) / len(diff):.3f}; paired difference {mean_diff:+.3f} "
+      f"95% [{low:+.3f}, {high:+.3f}]")
+print("held-out verifiable score: base %.3f, trained %.3f" % tuple(
+    sum(results[k]["verified"]) / len(heldout) for k in ("base", "trained")))
+(Path(args.out) / "heldout.json").write_text(json.dumps(results, indent=1) + "\n")

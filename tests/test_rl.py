@@ -248,6 +248,39 @@ def test_nlpo_sampler_stays_inside_the_mask(tiny_model_dir):
     assert torch.isfinite(out.sampling_logps).all()
 
 
+def test_single_update_reuses_update_logps_with_the_same_result(tiny_model_dir, tmp_path, monkeypatch):
+    """With one update per rollout batch, π_old comes from the update's own forward: one policy
+    forward fewer per step, and the same parameters, loss, KL and entropy as the separate pass."""
+    from posttrain.train.rl import rollout, trainer
+
+    calls = {"n": 0}
+    original = rollout.completion_logits
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "completion_logits", counted)
+    common = dict(eval_data=[], filter_zero_variance_groups=False, temperature=2.0, beta=0.1, max_steps=2)
+    runs = {}
+    for name, reuse in (("reuse", True), ("separate", False)):
+        monkeypatch.setattr(trainer, "update_gives_old_logps", lambda config, reuse=reuse: reuse)
+        calls["n"] = 0
+        trainer.run_rl(rl_config(GRPOConfig, tiny_model_dir, tmp_path / name, **common))
+        runs[name] = (calls["n"], [r for r in read_metrics(tmp_path / name) if "reward_mean" in r])
+    # per step: update + reference (+ π_old when separate); batch_size 8 = the whole rollout batch
+    assert runs["separate"][0] - runs["reuse"][0] == 2
+    for a, b in zip(runs["reuse"][1], runs["separate"][1]):
+        for key in ("loss", "kl", "entropy", "logp_mismatch", "reward_mean"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    from posttrain.models import load_model
+
+    reused = load_model(str(tmp_path / "reuse" / "model")).state_dict()
+    separate = load_model(str(tmp_path / "separate" / "model")).state_dict()
+    for key in reused:
+        torch.testing.assert_close(reused[key], separate[key], rtol=1e-4, atol=1e-6)
+
+
 def test_resume_continues_from_checkpoint(tiny_model_dir, tmp_path):
     """Stop after step 1 (checkpoint), resume to step 2: the same step-2 batch and metrics as an
     uninterrupted 2-step run (data position, RNG, optimizer and policy all restored)."""

@@ -7,7 +7,11 @@ One loop for every algorithm. Each rollout step:
 2. score them with the composed reward (verifiers, custom ``module:function`` rewards, reward
    models; minus ``no_eos_penalty`` for completions cut off before EOS);
 3. one no-grad forward each for π_old (the policy itself, dropout off: ratio = 1 at the first
-   update), π_ref (when β > 0), the value model (PPO/NLPO) and the masking policy (NLPO);
+   update), π_ref (when β > 0), the value model (PPO/NLPO) and the masking policy (NLPO). When
+   each rollout gets exactly one update (``ppo_epochs = num_minibatches = 1``, no value model or
+   action mask: the GRPO/RLOO default) π_old *is* the policy being updated, so its log-probs are
+   the update forward's own, detached, and the separate π_old pass is skipped (one forward fewer
+   per step, the same gradient; TRL's GRPOTrainer does the same at ``num_iterations = 1``);
 4. advantages from ``algorithms.ALGORITHMS[algorithm]``;
 5. ``ppo_epochs`` passes of ``num_minibatches`` clipped-surrogate updates
    (``losses.policy.clipped_policy_loss``; + ``value_coef`` · clipped value loss for PPO/NLPO),
@@ -212,6 +216,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
     kl_controller = AdaptiveKLController(config.beta, config.kl_target, config.kl_horizon) if config.kl_target > 0 \
         else FixedKLController(config.beta)
     rl_state = RLState(kl_controller, value)
+    single_update = update_gives_old_logps(config)
     backend = make_backend(config.rollout_backend, policy, tokenizer, model_path=resolve_model_path(config.model),
                            batch_size=max(config.batch_size, config.prompts_per_step * config.group_size))
 
@@ -255,6 +260,10 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
         if "keep" in b:
             logits = apply_action_mask(logits, b["keep"][rows_].to(device))
         logps = gather_logps(logits, completion)
+        if single_update:  # π_old = this very forward (ratio ≡ 1); kept for the step's metrics
+            b["old_logps"][rows_] = (logps.detach() * mask).cpu()
+            b["entropy_sum"] += float((entropy_from_logits(logits.detach()) * mask).sum())
+            b["measured"][rows_] = True
         advantages = b["advantages"][rows_].to(device)
         in_loss = config.kl_in == "loss" and kl_controller.value > 0 and "ref_logps" in b
         loss, diag = clipped_policy_loss(
@@ -301,7 +310,8 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
             scores_B, component_means = score(reward, step_rows, rollout)
             # 3. π_old, π_ref, values, action mask: no-grad forwards on the update's layout
             train_start = time.perf_counter()
-            batch = _score_batch(rollout, policy, reference, mask_model, value, config, device)
+            batch = _score_batch(rollout, policy, reference, mask_model, value, config, device,
+                                 policy_pass=not single_update)
             # 4. advantages
             adv = ALGORITHMS[algorithm](scores_B, batch, config)
             batch["advantages"] = adv.advantages
@@ -335,22 +345,26 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
             # 6. metrics
             mask = batch["mask"]
             tokens = float(mask.sum())
+            # rows whose π_old log-probs exist: all, or (single_update) the rows that were trained
+            measured_mask = mask * batch["measured"][:, None]
+            measured_tokens = float(measured_mask.sum())
             record = {"step": engine.state.step, "epoch": engine.state.epoch, "lr": scheduler.get_last_lr()[0],
                       "reward_mean": float(scores_B.mean()), "reward_std": float(scores_B.std()) if len(scores_B) > 1
                       else 0.0, **component_means,
                       "response_length": tokens / mask.shape[0],
                       "truncated_share": float((~rollout.finished).float().mean()),
-                      "entropy": batch.pop("entropy"),
-                      "logp_mismatch": float(masked_mean((rollout.sampling_logps - batch["old_logps"]).abs(), mask)),
+                      "entropy": batch["entropy_sum"] / max(measured_tokens, 1.0),
+                      "logp_mismatch": float(masked_mean((rollout.sampling_logps - batch["old_logps"]).abs(),
+                                                         measured_mask)),
                       "trained_share": len(kept) / mask.shape[0],
                       "generation_tokens_per_s": tokens / max(rollout.seconds, 1e-9),
                       "training_tokens_per_s": tokens * config.ppo_epochs * len(kept) / mask.shape[0]
                       / max(train_seconds, 1e-9)}
             record["tokens_per_s"] = record["training_tokens_per_s"]
             record["step_seconds"] = time.perf_counter() - step_start
-            if "ref_logps" in batch:
+            if "ref_logps" in batch and measured_tokens > 0:
                 record["kl"] = float(masked_mean(kl_estimate(batch["old_logps"], batch["ref_logps"],
-                                                             config.kl_estimator), mask))
+                                                             config.kl_estimator), measured_mask))
                 record["beta"] = kl_controller.value
                 kl_controller.update(record["kl"] * tokens / mask.shape[0], n_steps=mask.shape[0])
             record.update(adv.metrics)
@@ -396,6 +410,13 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
 # Helpers of the loop
 
 
+def update_gives_old_logps(config: RLConfig) -> bool:
+    """Whether π_old is exactly the policy of the (only) update of each rollout batch, so its
+    log-probs can come from the update's own forward (module docstring, step 3). PPO and NLPO
+    keep the separate pass: their value model and action mask are computed beside it."""
+    return config.ppo_epochs == 1 and config.num_minibatches == 1 and config.algorithm in ("grpo", "rloo")
+
+
 def _unwrap(engine: Engine, model):
     return engine.accelerator.unwrap_model(model)
 
@@ -421,26 +442,31 @@ def _next_prompts(engine: Engine, rows: list[dict], count: int) -> list[dict]:
 
 
 @torch.no_grad()
-def _score_batch(rollout: Rollout, policy, reference, mask_model, value, config, device) -> dict:
+def _score_batch(rollout: Rollout, policy, reference, mask_model, value, config, device,
+                 policy_pass: bool = True) -> dict:
     """Tensors of one rollout step (CPU): completion ids and mask, π_old, π_ref, values, the
-    NLPO action mask, and the policy's mean entropy over sampled tokens."""
+    NLPO action mask, and the policy's summed entropy over sampled tokens. Without
+    ``policy_pass`` π_old and the entropy are left for the update to fill (zeros; ``measured``
+    marks the rows that have them)."""
     pad = rollout.pad_id
     batch = {"prompt_ids": rollout.prompt_ids, "completion_ids": rollout.completion_ids,
              "mask": rollout.completion_mask}
     old, ref, vals, keeps, entropy_sum = [], [], [], [], 0.0
+    B = len(rollout.prompt_ids)
     chunk = max(config.batch_size, 1)
     policy.eval()  # dropout off, here and in the updates: see the module docstring
     for s in range(0, len(rollout.prompt_ids), chunk):
         prompts = rollout.prompt_ids[s:s + chunk]
         completion = rollout.completion_ids[s:s + chunk].to(device)
         mask = rollout.completion_mask[s:s + chunk].to(device)
-        logits = completion_logits(policy, prompts, completion, pad, config.temperature)
-        if mask_model is not None:
-            keep = nlpo_topp_mask(completion_logits(mask_model, prompts, completion, pad), config.mask_top_p)
-            logits = apply_action_mask(logits, keep)
-            keeps.append(keep.cpu())
-        old.append(gather_logps(logits, completion).cpu())
-        entropy_sum += float((entropy_from_logits(logits) * mask).sum())
+        if policy_pass:
+            logits = completion_logits(policy, prompts, completion, pad, config.temperature)
+            if mask_model is not None:
+                keep = nlpo_topp_mask(completion_logits(mask_model, prompts, completion, pad), config.mask_top_p)
+                logits = apply_action_mask(logits, keep)
+                keeps.append(keep.cpu())
+            old.append(gather_logps(logits, completion).cpu())
+            entropy_sum += float((entropy_from_logits(logits) * mask).sum())
         if config.beta > 0:
             if reference is not None:
                 ref_logits = completion_logits(reference, prompts, completion, pad, config.temperature)
@@ -455,14 +481,15 @@ def _score_batch(rollout: Rollout, policy, reference, mask_model, value, config,
             P = inputs.pop("prompt_length")
             vals.append(value[0](**inputs)[:, P - 1:P - 1 + completion.shape[1]].cpu())
     mask = rollout.completion_mask
-    batch["old_logps"] = torch.cat(old) * mask
+    batch["old_logps"] = torch.cat(old) * mask if old else torch.zeros(mask.shape)
+    batch["measured"] = torch.full((B,), policy_pass)
     if ref:
         batch["ref_logps"] = torch.cat(ref) * mask
     if vals:
         batch["old_values"] = torch.cat(vals) * mask
     if keeps:
         batch["keep"] = torch.cat(keeps)
-    batch["entropy"] = entropy_sum / max(float(mask.sum()), 1.0)
+    batch["entropy_sum"] = entropy_sum
     return batch
 
 
