@@ -18,11 +18,11 @@
     python bench/merge_experiments.py --out runs/merge-exp                    # embedded model
     python bench/merge_experiments.py --out runs/merge-exp-tiny --tiny        # smoke run, tiny random model
 
-Cost with the defaults: 80 SFT steps of batch 4 × 256 tokens (2 specialists and 2 more partition
+Cost with the defaults: 240 SFT steps of batch 4 × 256 tokens (2 specialists and 2 more partition
 models at --steps, 3 mixture models at 2 × --steps; the IFEval partition is the IFEval specialist),
-5 models evaluated on 48 + 24 prompts, 6 perplexity passes over 96 conversations. Estimated at
-15–25 min on 2 busy CPU cores from the tulu3-mini timings (not measured); the smoke run takes
-about a minute.
+5 models evaluated on 96 + 96 prompts, 6 perplexity passes over 96 conversations. Measured on a
+quiet 2-core CPU: (a) alone (``--skip b``) 25 min; (b) at ``--steps 8`` took 40 min on shared
+cores, so budget about an hour for (b) at the defaults. The smoke run takes about a minute.
 
 Everything lands in ``--out`` (SFT runs, merged models, evaluations, ``summary.json``); re-running
 reuses finished SFT runs and evaluated samples (delete ``--out`` to start over).
@@ -84,12 +84,13 @@ def main():
     parser.add_argument("--out", default="runs/merge-exp", help="output folder")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model and tiny budgets: a smoke run")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="base model (ignored with --tiny)")
-    parser.add_argument("--steps", type=int, default=8, help="SFT steps per specialist / partition model")
+    parser.add_argument("--steps", type=int, default=24, help="SFT steps per specialist / partition model "
+                        "(8 are too few for an IFEval specialist: see docs/results/merging-2026-11-23.md)")
     parser.add_argument("--rows", type=int, default=160, help="training conversations per data source")
     parser.add_argument("--lr", type=float, default=5e-5, help="SFT learning rate")
     parser.add_argument("--ta-scale", type=float, default=1.0, help="λ of the task-arithmetic merge")
-    parser.add_argument("--arith-limit", type=int, default=48, help=f"{ARITH} samples")
-    parser.add_argument("--ifeval-limit", type=int, default=24, help=f"{IFEVAL} samples")
+    parser.add_argument("--arith-limit", type=int, default=96, help=f"{ARITH} samples")
+    parser.add_argument("--ifeval-limit", type=int, default=96, help=f"{IFEVAL} samples")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="cap on generated tokens per sample")
     parser.add_argument("--eval-rows", type=int, default=48, help="held-out conversations per source for perplexity")
     parser.add_argument("--skip", choices=("a", "b"), default=None, help="skip one experiment")
