@@ -6,8 +6,15 @@ is N.'" prompt), then compares greedy accuracy on the held-out split before (ste
 training: accuracy, n, 95 % Wilson intervals, and the paired flips (items wrong → right and
 right → wrong) with an exact two-sided sign test, which is the sharper test on the same items.
 
-    PYTHONPATH=src .venv/bin/python bench/grpo_embedded.py                      # ~15 min on 2 cores
+    PYTHONPATH=src .venv/bin/python bench/grpo_embedded.py                      # 14 min on 2 cores
     PYTHONPATH=src .venv/bin/python bench/grpo_embedded.py --steps 30 --seed 1 --out runs/grpo-s1
+
+Measured 2026-11-23 with the defaults (15 steps of 4 prompts × 8 completions, lr 1e-5, β = 0, up to
+40 new tokens, temperature 0.8), quiet 2-core CPU, 14.0 min for the whole process (11.8 min in
+training steps): held-out greedy accuracy 33/100 = 0.330 [0.246, 0.427] → 86/100 = 0.860
+[0.779, 0.915]; 54 items wrong → right, 1 right → wrong (sign test p < 1e-14). Mostly the policy
+learns to answer within the budget: truncated completions fell from 94% to ~6% of samples
+("6 + 9 = 15" instead of a preamble cut off before the answer).
 """
 
 from __future__ import annotations
@@ -30,15 +37,15 @@ from posttrain.train.rl.trainer import run_rl  # noqa: E402
 # --- arguments
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default="runs/grpo-embedded")
-parser.add_argument("--steps", type=int, default=30)
+parser.add_argument("--steps", type=int, default=15)
 parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--lr", type=float, default=3e-6)
+parser.add_argument("--lr", type=float, default=1e-5)
 parser.add_argument("--prompts", type=int, default=4)
 parser.add_argument("--group", type=int, default=8)
 parser.add_argument("--max-new-tokens", type=int, default=40)
 parser.add_argument("--temperature", type=float, default=0.8)
-parser.add_argument("--beta", type=float, default=0.01)
-parser.add_argument("--eval-n", type=int, default=30, help="held-out problems scored before and after")
+parser.add_argument("--beta", type=float, default=0.0)
+parser.add_argument("--eval-n", type=int, default=100, help="held-out problems scored before and after")
 parser.add_argument("--model", default="smollm2-135m-instruct")
 parser.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (a rerun resumes)")
 parser.add_argument("--mixed-precision", default="no", help="no = fp32 everywhere (as on CPU)")

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from posttrain.recipes.runner import load_recipe, run
@@ -72,9 +73,9 @@ def test_reward_report_flags_mismatch_in_the_written_report(tmp_path):
     assert "Objective mismatch: not flagged" in write_reward_report(good).read_text()
 
 
-def test_tiny_recipe_runs_end_to_end_and_skips_finished_stages(tmp_path, tiny_model_dir, monkeypatch):
-    recipe = {
-        "name": "tiny", "model": tiny_model_dir, "seed": 0,
+def tiny_recipe(model_dir: str) -> dict:
+    return {
+        "name": "tiny", "model": model_dir, "seed": 0,
         "evaluation": {"dev": ["arith_easy_builtin"], "limit": {"arith_easy_builtin": 4},
                        "max_new_tokens": {"arith_easy_builtin": 8}, "batch_size": 4},
         "decontaminate": {"ngram": 8, "threshold": 0.5},
@@ -89,6 +90,10 @@ def test_tiny_recipe_runs_end_to_end_and_skips_finished_stages(tmp_path, tiny_mo
                         "progress": False, "eval_data": [{"source": "builtin:arithmetic_rlvr:test", "n": 4}]}},
         ],
     }
+
+
+def test_tiny_recipe_runs_end_to_end_and_skips_finished_stages(tmp_path, tiny_model_dir, monkeypatch):
+    recipe = tiny_recipe(tiny_model_dir)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "run"
@@ -103,3 +108,45 @@ def test_tiny_recipe_runs_end_to_end_and_skips_finished_stages(tmp_path, tiny_mo
 
     monkeypatch.setattr(sft_mod, "run_sft", lambda *a, **k: pytest.fail("finished stage retrained"))
     run(str(path), out)
+
+
+def test_killed_recipe_reruns_without_redoing_finished_stages(tmp_path, tiny_model_dir, monkeypatch):
+    """Kill the recipe process (SIGKILL) once SFT is finished, re-run it: SFT is not retrained and
+    the final evaluation equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tiny_model_dir)))
+    straight = tmp_path / "straight"
+    run(str(path), straight)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-c", "import sys; from posttrain.cli import main; "
+                                f"sys.exit(main(['recipe', 'run', {str(path)!r}, '--out', {str(killed)!r}]))"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    deadline = time.time() + 300
+    while not (killed / "sft" / "DONE").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert (killed / "sft" / "DONE").exists(), "the recipe process never finished its SFT stage"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    sft_model = (killed / "sft" / "model" / "model.safetensors").stat().st_mtime_ns
+
+    from posttrain.train import sft as sft_mod
+
+    monkeypatch.setattr(sft_mod, "run_sft", lambda *a, **k: pytest.fail("finished stage retrained"))
+    run(str(path), killed)
+    assert (killed / "sft" / "model" / "model.safetensors").stat().st_mtime_ns == sft_model
+    for stage in ("base", "sft", "dpo", "rlvr"):
+        want = json.loads((straight / "eval" / stage / "results.json").read_text())["rows"]
+        got = json.loads((killed / "eval" / stage / "results.json").read_text())["rows"]
+        assert [r["value"] for r in got] == pytest.approx([r["value"] for r in want]), stage
+    from safetensors.torch import load_file
+
+    want, got = (load_file(str(d / "rlvr" / "model" / "model.safetensors")) for d in (straight, killed))
+    for name in want:  # the stages that re-ran from the killed point retrain to the same weights
+        assert torch.allclose(got[name], want[name], atol=1e-6), name
