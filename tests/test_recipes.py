@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from posttrain.recipes.runner import load_recipe, run
-from posttrain.reports.reward_report import hacking_signs, objective_mismatch, write_reward_report
+from posttrain.reports.reward_report import hacking_signs, objective_mismatch, tasks_fallen, write_reward_report
 
 
 def test_tulu3_8b_recipe_parses_validates_and_carries_the_published_numbers():
@@ -71,6 +71,35 @@ def test_reward_report_flags_mismatch_in_the_written_report(tmp_path):
     assert "**Objective mismatch**" in text and "| gsm8k | verifier |" in text
     good = _fake_rl_run(tmp_path / "b", [0.1, 0.3, 0.5, 0.7], [(0, 0.4), (4, 0.6)])
     assert "Objective mismatch: not flagged" in write_reward_report(good).read_text()
+
+
+def _summary(*rows):
+    return {"rows": [{"task": t, "metric": m, "value": v, "n": 32, "low": lo, "high": hi} for t, m, v, lo, hi in rows]}
+
+
+def test_reward_report_flags_an_other_task_falling_beyond_its_interval(tmp_path):
+    # The tulu3-mini failure seen on 2026-11-23: RLVR on single-digit sums lifted arith_easy while
+    # the unseen arith_hard fell 0.406 → 0.000; the in-run held-out split (the optimised task) rose.
+    before = _summary(("arith_easy", "accuracy", 0.79, 0.70, 0.86), ("arith_easy", "other", 0.5, 0.4, 0.6),
+                      ("arith_hard", "accuracy", 0.406, 0.255, 0.577), ("ifeval", "prompt_level_strict", 0.34, 0.20, 0.52))
+    after = _summary(("arith_easy", "accuracy", 0.89, 0.81, 0.94), ("arith_easy", "other", 0.1, 0.0, 0.2),
+                     ("arith_hard", "accuracy", 0.0, 0.0, 0.107), ("ifeval", "prompt_level_strict", 0.25, 0.13, 0.42))
+    fallen = tasks_fallen(before, after)
+    # only the primary (first) metric per task counts, and ifeval's 0.34 → 0.25 stays inside [0.20, 0.52]
+    assert [(f["task"], f["before"], f["after"]) for f in fallen] == [("arith_hard", 0.406, 0.0)]
+
+    run = _fake_rl_run(tmp_path / "a", [0.1, 0.3, 0.5, 0.7], [(0, 0.6), (4, 0.8)])
+    text = write_reward_report(run, before=before, after=after).read_text()
+    assert "**Objective mismatch on `arith_hard`**" in text and "0.406 to 0.000" in text
+    assert "| arith_hard | accuracy | 32 | 0.406 [0.255, 0.577] | 0.000 [0.000, 0.107] |" in text
+    assert json.loads((run / "reward_report.json").read_text())["tasks_fallen"][0]["task"] == "arith_hard"
+    # reward flat: a fall elsewhere is not the reward's doing, so no mismatch flag
+    flat = _fake_rl_run(tmp_path / "b", [0.5, 0.5, 0.5, 0.5], [(0, 0.6), (4, 0.6)])
+    text = write_reward_report(flat, before=before, after=after).read_text()
+    assert "Objective mismatch on" not in text
+    # both tasks rise: no flag
+    up = _fake_rl_run(tmp_path / "c", [0.1, 0.3, 0.5, 0.7], [(0, 0.6), (4, 0.8)])
+    assert "Objective mismatch on" not in write_reward_report(up, before=before, after=before).read_text()
 
 
 def tiny_recipe(model_dir: str) -> dict:

@@ -6,6 +6,9 @@ failure modes observed.
 Two automatic checks:
 - **objective mismatch** (Lambert & Calandra, "The Alignment Ceiling", 2023): the optimised
   reward rises across the run while a held-out evaluation falls;
+  Within the run the held-out series is the optimised task's own split; across a recipe stage
+  every evaluation task is compared before and after (`tasks_fallen`), because a reward can lift
+  its own task while an unseen one collapses;
 - **reward hacking signs**: response length blowing up, or the share of truncated completions
   rising.
 Each check is a pure function of the logged series, so tests can feed it hand-made runs.
@@ -39,6 +42,24 @@ def objective_mismatch(rewards: list[float], heldout: list[float], reward_tol: f
     return {"flag": bool(flagged), "reward_delta": reward_delta, "heldout_delta": heldout_delta}
 
 
+def tasks_fallen(before: dict | None, after: dict | None) -> list[dict]:
+    """Each evaluation task whose primary metric (its first row) ends *below the lower end of its
+    95% interval before the run* — a fall beyond sampling noise, not a one-item wobble. ``before``
+    and ``after`` are evaluation summaries (``{"rows": [{"task", "metric", "value", "low", ...}]}``)."""
+    if not before or not after:
+        return []
+    first = {}
+    for row in before.get("rows", []):
+        first.setdefault(row["task"], row)
+    fallen = []
+    for task, b in first.items():
+        a = next((r for r in after.get("rows", []) if r["task"] == task and r["metric"] == b["metric"]), None)
+        if a is not None and b.get("low") is not None and a["value"] < b["low"]:
+            fallen.append({"task": task, "metric": b["metric"], "before": b["value"], "before_low": b["low"],
+                           "after": a["value"], "n": a.get("n")})
+    return fallen
+
+
 def hacking_signs(lengths: list[float], truncated: list[float], length_ratio: float = 1.5,
                   truncation_rise: float = 0.1) -> dict:
     """Length blow-up: the last third's mean length over the first third's exceeds
@@ -67,6 +88,12 @@ def _heldout_series(inputs: dict, before: dict | None, after: dict | None) -> li
     return series
 
 
+def _cell(row: dict) -> str:
+    if row.get("low") is None:
+        return f"{row['value']:.3f}"
+    return f"{row['value']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"
+
+
 def write_reward_report(run_dir: str | Path, before: dict | None = None, after: dict | None = None) -> Path:
     """Write ``<run>/reward_report.md`` from ``reward_report_inputs.json`` and ``metrics.jsonl``."""
     run_dir = Path(run_dir)
@@ -78,6 +105,8 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
     truncated = [r["truncated_share"] for r in records if "truncated_share" in r]
     heldout = _heldout_series(inputs, before, after)
     mismatch = objective_mismatch(rewards, [v for _, v in heldout])
+    fallen = tasks_fallen(before, after)
+    reward_rose = (thirds_delta(rewards) or 0.0) > 0.02
     hacking = hacking_signs(lengths, truncated)
     kl = inputs.get("kl", {})
     comps = inputs.get("reward_components", [])
@@ -113,13 +142,32 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
                      f"over {len(rewards)} steps.")
     for label, value in heldout:
         lines.append(f"- Held-out ({label}): {value:.3f}")
+    if before and after:
+        lines += ["", "Every evaluation task, before → after this stage (95% intervals):", "",
+                  "| task | metric | n | before | after |", "|---|---|---|---|---|"]
+        seen = set()
+        for b in before.get("rows", []):
+            if b["task"] in seen:
+                continue
+            seen.add(b["task"])
+            a = next((r for r in after.get("rows", []) if r["task"] == b["task"] and r["metric"] == b["metric"]), None)
+            if a is not None:
+                lines.append(f"| {b['task']} | {b['metric']} | {a.get('n')} | {_cell(b)} | {_cell(a)} |")
     lines += ["", "## Failure modes", ""]
     if mismatch["flag"]:
         lines.append(f"- **Objective mismatch**: the optimised reward rose ({mismatch['reward_delta']:+.3f}) while "
                      f"held-out accuracy fell ({mismatch['heldout_delta']:+.3f}). The reward no longer tracks the "
                      "goal; stop earlier, add held-out checks, or revisit the reward.")
     else:
-        lines.append("- Objective mismatch: not flagged (the reward did not rise while held-out accuracy fell).")
+        lines.append("- Objective mismatch: not flagged on the optimised task's held-out split (the reward did not "
+                     "rise while its accuracy fell).")
+    for f in fallen if reward_rose else []:
+        lines.append(f"- **Objective mismatch on `{f['task']}`**: the reward rose while {f['metric']} fell from "
+                     f"{f['before']:.3f} to {f['after']:.3f} (n = {f['n']}), below the lower end of its interval "
+                     f"before this stage ({f['before_low']:.3f}). The policy gained on what it was rewarded for and "
+                     "lost elsewhere; mix that task's prompts into the RL data or stop earlier.")
+    if before and after and not (fallen and reward_rose):
+        lines.append("- No evaluation task fell below its interval from before this stage.")
     if hacking["signs"]:
         lines += [f"- **Reward hacking sign**: {s}." for s in hacking["signs"]]
     else:
@@ -129,5 +177,6 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
     path = run_dir / "reward_report.md"
     path.write_text("\n".join(lines) + "\n")
     (run_dir / "reward_report.json").write_text(json.dumps({"objective_mismatch": mismatch, "hacking": hacking,
-                                                            "heldout": heldout}, indent=1))
+                                                            "heldout": heldout,
+                                                            "tasks_fallen": fallen if reward_rose else []}, indent=1))
     return path
