@@ -1,6 +1,7 @@
 """Reward model: score at the last real token (padding changes nothing), BT loss goes down, the margin
 column is used, scorer / pairwise accuracy / batch reward; a slow run reaching held-out accuracy."""
 
+import json
 import math
 import os
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from posttrain.config import ConfigError, load_config
+from posttrain.data import mix_sources
 from posttrain.rewards.reward_model import RewardModelReward, RewardModelScorer, ensure_distinct_pad, \
     format_accuracy_table, load_reward_model, pairwise_accuracy, resolve_backbone, sequence_scores
 from posttrain.train.preference_data import PairBatches, tokenize_pairs
@@ -150,11 +152,21 @@ def test_run_reward_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path):
     result = run_reward(reward_config(model=tiny_model_dir, out=tmp_path / "rm", max_steps=2, batch_size=2,
                                       progress="false", learning_rate=1e-3, max_length=128, max_prompt_length=64,
                                       data="[{source: 'builtin:arithmetic_preference', count: 8}]",
-                                      eval_data="[{source: 'builtin:arithmetic_preference:test', count: 4}]"))
+                                      eval_data="[{source: 'builtin:arithmetic_preference:test', count: 4}, "
+                                                "{source: 'builtin:ifeval_preference:test', count: 2}]"))
     assert math.isfinite(result["loss"]) and 0 <= result["eval_accuracy"] <= 1
-    assert (tmp_path / "rm" / "report.md").exists()
     scorer = RewardModelScorer(str(tmp_path / "rm" / "model"))
     assert len(scorer.score(["2+2?"], ["4"])) == 1
+    # the report carries the per-subset table, computed with the trained model; the saved model
+    # reloaded from disk gives the same breakdown, and its total agrees with the trainer's eval
+    breakdown = json.loads((tmp_path / "rm" / "eval_subsets.json").read_text())
+    assert breakdown["n"] == 6 and {s["subset"] for s in breakdown["subsets"]} >= {"ifeval"}
+    assert sum(s["n"] for s in breakdown["subsets"] if s["subset"].startswith("arithmetic-")) == 4
+    rows = mix_sources([{"source": "builtin:arithmetic_preference:test", "count": 4},
+                        {"source": "builtin:ifeval_preference:test", "count": 2}], seed=0)
+    assert pairwise_accuracy(RewardModelScorer(str(tmp_path / "rm" / "model"), max_length=128, max_prompt_length=64), rows) == breakdown
+    assert breakdown["accuracy"] == pytest.approx(result["eval_accuracy"])
+    assert "| **all** | 6 |" in (tmp_path / "rm" / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -567,6 +567,7 @@ def ifeval_preference_pairs(n: int, seed: int, split: str = "train") -> list[dic
             "rejected": [{"role": "assistant", "content": r["rejected"]}],
             "ground_truth": json.dumps(r["spec"]),
             "verifier": "ifeval",
+            "subset": "ifeval",
         }
         for r in _rows(n, seed, split, "preference", with_rejected=True)
     ]

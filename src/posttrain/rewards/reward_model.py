@@ -121,18 +121,21 @@ class RewardModelScorer:
     """
 
     def __init__(self, path: str, device: str | torch.device | None = None, batch_size: int = 8,
-                 max_length: int = 1024, dtype: str = "float32", model=None, tokenizer=None):
+                 max_length: int = 1024, dtype: str = "float32", model=None, tokenizer=None,
+                 max_prompt_length: int | None = None):
         if model is None:
             model, tokenizer = load_reward_model(str(path), dtype=dtype, device=device)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = next(model.parameters()).device
-        self.batch_size, self.max_length = batch_size, max_length
+        # max_prompt_length: truncate as the trainer did (left-truncated prompt), so held-out scores
+        # match the training run's own evaluation
+        self.batch_size, self.max_length, self.max_prompt_length = batch_size, max_length, max_prompt_length
 
     def encode(self, prompt, completion) -> list[int]:
         from posttrain.train.preference_data import encode_sequence
 
         return encode_sequence(self.tokenizer, _messages(prompt, "user"), _messages(completion, "assistant"),
-                               self.max_length)
+                               self.max_length, self.max_prompt_length)
 
     @torch.no_grad()
     def score(self, prompts: list, completions: list) -> list[float]:
@@ -163,8 +166,8 @@ def pairwise_accuracy(scorer: RewardModelScorer, rows: list[dict], source: str =
     chosen = scorer.score(prompts, [p["chosen"] for p in pairs])
     rejected = scorer.score(prompts, [p["rejected"] for p in pairs])
     by_subset: dict[str, list[float]] = {}
-    for p, c, r in zip(pairs, chosen, rejected):
-        by_subset.setdefault(str(p.get("subset") or "all"), []).append(float(c > r))
+    for row, c, r in zip(rows, chosen, rejected):  # the subset column is on the row, not the normalised pair
+        by_subset.setdefault(str(row.get("subset") or "all"), []).append(float(c > r))
     correct = [x for xs in by_subset.values() for x in xs]
     return {"accuracy": sum(correct) / max(len(correct), 1), "n": len(correct),
             "subsets": [{"subset": s, "n": len(xs), "accuracy": sum(xs) / len(xs)} for s, xs in sorted(by_subset.items())]}

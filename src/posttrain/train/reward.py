@@ -88,6 +88,34 @@ def reward_step(config: RewardConfig):
     return step
 
 
+def subset_breakdown(model, tokenizer, config: RewardConfig, run_dir) -> str:
+    """Score the held-out pairs with the trained model and write the per-``subset`` accuracy to
+    ``eval_subsets.json``; returns its markdown table. Rows the trainer skipped as invalid
+    (``skip_invalid_rows``) are skipped here too."""
+    import json
+
+    from posttrain.data import mix_sources
+    from posttrain.data.formats import DataError, validate_preference_row
+    from posttrain.rewards.reward_model import RewardModelScorer, format_accuracy_table, pairwise_accuracy
+
+    rows = mix_sources(config.eval_data, seed=config.seed)
+    if config.skip_invalid_rows:
+        def valid(i, row):
+            try:
+                validate_preference_row(row, "eval_data", i)
+                return True
+            except DataError:
+                return False
+        rows = [r for i, r in enumerate(rows) if valid(i, r)]
+    was_training = model.training
+    scorer = RewardModelScorer(None, model=model, tokenizer=tokenizer, batch_size=config.batch_size,
+                               max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+    result = pairwise_accuracy(scorer, rows, source="eval_data")
+    model.train(was_training)
+    (run_dir / "eval_subsets.json").write_text(json.dumps(result, indent=1))
+    return format_accuracy_table(result)
+
+
 def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
     from posttrain.data import mix_sources
     from posttrain.rewards.reward_model import freeze_lower_layers, load_reward_model
@@ -130,6 +158,11 @@ def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
     if main:
         from posttrain.reports.training import write_training_report
 
-        write_training_report(run_dir, "Reward model", extra={"backbone": config.model, "pairs": stats.summary()})
+        report = write_training_report(run_dir, "Reward model", extra={"backbone": config.model,
+                                                                        "pairs": stats.summary()})
+        if config.eval_data:
+            table = subset_breakdown(engine.accelerator.unwrap_model(engine.model), tokenizer, config, run_dir)
+            report.write_text(report.read_text() + "\nHeld-out pairwise accuracy per subset (RewardBench-style):\n\n"
+                              + table + "\n")
         log(f"[green]done[/]: reward model in {out}, report in {run_dir / 'report.md'}", main)
     return last
