@@ -31,7 +31,10 @@ def thirds_delta(values: list[float]) -> float | None:
     return sum(values[-k:]) / k - sum(values[:k]) / k
 
 
-def objective_mismatch(rewards: list[float], heldout: list[float], reward_tol: float = 0.02,
+REWARD_RISE = 0.02  # last third − first third of the reward that counts as rising
+
+
+def objective_mismatch(rewards: list[float], heldout: list[float], reward_tol: float = REWARD_RISE,
                        heldout_tol: float = 0.02) -> dict:
     """Flag when the optimised reward rises by more than ``reward_tol`` while the held-out score
     falls by more than ``heldout_tol`` (first vs last held-out evaluation)."""
@@ -42,22 +45,28 @@ def objective_mismatch(rewards: list[float], heldout: list[float], reward_tol: f
     return {"flag": bool(flagged), "reward_delta": reward_delta, "heldout_delta": heldout_delta}
 
 
+def _primary_rows(before: dict, after: dict):
+    """(before row, after row) of each task's primary metric — the task's first row before the run
+    and the same metric after it; tasks missing after the run are left out."""
+    seen = set()
+    for b in before.get("rows", []):
+        if b["task"] in seen:
+            continue
+        seen.add(b["task"])
+        a = next((r for r in after.get("rows", []) if r["task"] == b["task"] and r["metric"] == b["metric"]), None)
+        if a is not None:
+            yield b, a
+
+
 def tasks_fallen(before: dict | None, after: dict | None) -> list[dict]:
     """Each evaluation task whose primary metric (its first row) ends *below the lower end of its
     95% interval before the run* — a fall beyond sampling noise, not a one-item wobble. ``before``
     and ``after`` are evaluation summaries (``{"rows": [{"task", "metric", "value", "low", ...}]}``)."""
     if not before or not after:
         return []
-    first = {}
-    for row in before.get("rows", []):
-        first.setdefault(row["task"], row)
-    fallen = []
-    for task, b in first.items():
-        a = next((r for r in after.get("rows", []) if r["task"] == task and r["metric"] == b["metric"]), None)
-        if a is not None and b.get("low") is not None and a["value"] < b["low"]:
-            fallen.append({"task": task, "metric": b["metric"], "before": b["value"], "before_low": b["low"],
-                           "after": a["value"], "n": a.get("n")})
-    return fallen
+    return [{"task": b["task"], "metric": b["metric"], "before": b["value"], "before_low": b["low"],
+             "after": a["value"], "n": a.get("n")}
+            for b, a in _primary_rows(before, after) if b.get("low") is not None and a["value"] < b["low"]]
 
 
 def hacking_signs(lengths: list[float], truncated: list[float], length_ratio: float = 1.5,
@@ -105,8 +114,8 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
     truncated = [r["truncated_share"] for r in records if "truncated_share" in r]
     heldout = _heldout_series(inputs, before, after)
     mismatch = objective_mismatch(rewards, [v for _, v in heldout])
-    fallen = tasks_fallen(before, after)
-    reward_rose = (thirds_delta(rewards) or 0.0) > 0.02
+    # a fall elsewhere only counts as mismatch when the optimised reward rose (same test as above)
+    fallen = tasks_fallen(before, after) if (mismatch["reward_delta"] or 0.0) > REWARD_RISE else []
     hacking = hacking_signs(lengths, truncated)
     kl = inputs.get("kl", {})
     comps = inputs.get("reward_components", [])
@@ -145,14 +154,8 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
     if before and after:
         lines += ["", "Every evaluation task, before → after this stage (95% intervals):", "",
                   "| task | metric | n | before | after |", "|---|---|---|---|---|"]
-        seen = set()
-        for b in before.get("rows", []):
-            if b["task"] in seen:
-                continue
-            seen.add(b["task"])
-            a = next((r for r in after.get("rows", []) if r["task"] == b["task"] and r["metric"] == b["metric"]), None)
-            if a is not None:
-                lines.append(f"| {b['task']} | {b['metric']} | {a.get('n')} | {_cell(b)} | {_cell(a)} |")
+        lines += [f"| {b['task']} | {b['metric']} | {a.get('n')} | {_cell(b)} | {_cell(a)} |"
+                  for b, a in _primary_rows(before, after)]
     lines += ["", "## Failure modes", ""]
     if mismatch["flag"]:
         lines.append(f"- **Objective mismatch**: the optimised reward rose ({mismatch['reward_delta']:+.3f}) while "
@@ -161,12 +164,12 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
     else:
         lines.append("- Objective mismatch: not flagged on the optimised task's held-out split (the reward did not "
                      "rise while its accuracy fell).")
-    for f in fallen if reward_rose else []:
+    for f in fallen:
         lines.append(f"- **Objective mismatch on `{f['task']}`**: the reward rose while {f['metric']} fell from "
                      f"{f['before']:.3f} to {f['after']:.3f} (n = {f['n']}), below the lower end of its interval "
                      f"before this stage ({f['before_low']:.3f}). The policy gained on what it was rewarded for and "
                      "lost elsewhere; mix that task's prompts into the RL data or stop earlier.")
-    if before and after and not (fallen and reward_rose):
+    if before and after and not fallen:
         lines.append("- No evaluation task fell below its interval from before this stage.")
     if hacking["signs"]:
         lines += [f"- **Reward hacking sign**: {s}." for s in hacking["signs"]]
@@ -178,5 +181,5 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
     path.write_text("\n".join(lines) + "\n")
     (run_dir / "reward_report.json").write_text(json.dumps({"objective_mismatch": mismatch, "hacking": hacking,
                                                             "heldout": heldout,
-                                                            "tasks_fallen": fallen if reward_rose else []}, indent=1))
+                                                            "tasks_fallen": fallen}, indent=1))
     return path

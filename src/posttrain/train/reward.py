@@ -88,25 +88,24 @@ def reward_step(config: RewardConfig):
     return step
 
 
-def subset_breakdown(model, tokenizer, config: RewardConfig, run_dir) -> str:
-    """Score the held-out pairs with the trained model and write the per-``subset`` accuracy to
+def subset_breakdown(model, tokenizer, config: RewardConfig, rows: list[dict], run_dir) -> str:
+    """Score the held-out ``rows`` with the trained model and write the per-``subset`` accuracy to
     ``eval_subsets.json``; returns its markdown table. Rows the trainer skipped as invalid
     (``skip_invalid_rows``) are skipped here too."""
     import json
 
-    from posttrain.data import mix_sources
     from posttrain.data.formats import DataError, validate_preference_row
     from posttrain.rewards.reward_model import RewardModelScorer, format_accuracy_table, pairwise_accuracy
 
-    rows = mix_sources(config.eval_data, seed=config.seed)
+    def is_valid(i: int, row: dict) -> bool:
+        try:
+            validate_preference_row(row, "eval_data", i)
+        except DataError:
+            return False
+        return True
+
     if config.skip_invalid_rows:
-        def valid(i, row):
-            try:
-                validate_preference_row(row, "eval_data", i)
-                return True
-            except DataError:
-                return False
-        rows = [r for i, r in enumerate(rows) if valid(i, r)]
+        rows = [r for i, r in enumerate(rows) if is_valid(i, r)]
     was_training = model.training
     scorer = RewardModelScorer(None, model=model, tokenizer=tokenizer, batch_size=config.batch_size,
                                max_length=config.max_length, max_prompt_length=config.max_prompt_length)
@@ -145,7 +144,8 @@ def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
     step = reward_step(config)
     eval_fn = None
     if config.eval_data:
-        eval_pairs, eval_stats = tokenize_pairs(mix_sources(config.eval_data, seed=config.seed), tokenizer,
+        eval_rows = mix_sources(config.eval_data, seed=config.seed)
+        eval_pairs, eval_stats = tokenize_pairs(eval_rows, tokenizer,
                                                 config.max_length, config.max_prompt_length, "eval_data",
                                                 config.skip_invalid_rows, kind="reward")
         log(f"[bold]reward[/] held out: {eval_stats.summary()}", main)
@@ -161,7 +161,8 @@ def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
         report = write_training_report(run_dir, "Reward model", extra={"backbone": config.model,
                                                                         "pairs": stats.summary()})
         if config.eval_data:
-            table = subset_breakdown(engine.accelerator.unwrap_model(engine.model), tokenizer, config, run_dir)
+            table = subset_breakdown(engine.accelerator.unwrap_model(engine.model), tokenizer, config, eval_rows,
+                                     run_dir)
             report.write_text(report.read_text() + "\nHeld-out pairwise accuracy per subset (RewardBench-style):\n\n"
                               + table + "\n")
         log(f"[green]done[/]: reward model in {out}, report in {run_dir / 'report.md'}", main)
