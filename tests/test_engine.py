@@ -124,3 +124,42 @@ def test_lora_run_saves_merged_model(tiny_model_dir, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     diffs = [n for (n, a), b in zip(merged.state_dict().items(), base.state_dict().values()) if not torch.equal(a, b)]
     assert diffs and all("proj" in n for n in diffs)  # only adapted linear layers moved
+
+
+def test_group_by_length_keeps_every_unit_once_and_cuts_padding():
+    from posttrain.train.engine import group_by_length
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(10, 300, (203,), generator=g).tolist()
+    order = torch.randperm(203, generator=g).tolist()
+    per_step = 4
+    grouped = group_by_length(order, lengths, per_step, torch.Generator().manual_seed(1), steps_per_group=10)
+    assert sorted(grouped) == list(range(203))
+    assert grouped[-3:] == order[-3:]   # the dropped partial step is the random order's tail
+
+    def padded(o):   # tokens a step of right-padded rows costs: its width × rows
+        return sum(max(lengths[i] for i in o[s:s + per_step]) * per_step for s in range(0, 200, per_step))
+
+    assert padded(grouped) < 0.75 * padded(order)
+    steps = [grouped[s:s + per_step] for s in range(0, 200, per_step)]
+    # steps are contiguous slices of a length-sorted group, and they no longer come longest-first
+    assert all(lengths[a] >= lengths[b] for step in steps for a, b in zip(step, step[1:]))
+    widths = [max(lengths[i] for i in step) for step in steps]
+    assert widths != sorted(widths, reverse=True)
+
+
+def test_engine_steps_follow_the_length_grouped_order(tmp_path):
+    from posttrain.config import SFTConfig
+    from posttrain.train.engine import Engine
+
+    model = torch.nn.Linear(2, 2)
+    lengths = [5, 100, 6, 99, 7, 98, 8, 97]
+    seen = {}
+    for grouped in (False, True):
+        config = SFTConfig(out=str(tmp_path / str(grouped)), batch_size=2, group_by_length=grouped, seed=3)
+        engine = Engine(config, model)
+        engine._lengths = lengths
+        seen[grouped] = [engine._step_indices(8)[0] for _ in range(4)]
+    assert sorted(i for s in seen[True] for i in s) == list(range(8))
+    # grouped: each step pairs two short or two long rows
+    assert all((lengths[a] > 50) == (lengths[b] > 50) for a, b in seen[True])

@@ -210,6 +210,9 @@ class TrainingOptions:
     # Batch
     batch_size: int = opt(4, "rows per micro-batch per process", "Batch")
     gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step", "Batch")
+    group_by_length: bool = opt(False, "put rows of similar length in the same step (less padding, same "
+                                "data per epoch; steps still come in random order). Trainers that pad: "
+                                "dpo, reward", "Batch")
     # Checkpoints and logging
     save_steps: int = opt(0, "checkpoint every N steps (0 = only at the end)", "Logging")
     keep_checkpoints: int = opt(2, "keep the newest K checkpoints", "Logging")

@@ -242,7 +242,7 @@ def run_dpo(config: DPOConfig, command: str = "posttrain dpo") -> dict:
     from posttrain.data import mix_sources
     from posttrain.train.common import load_policy, log, prepare_run
     from posttrain.train.engine import Engine
-    from posttrain.train.preference_data import PairBatches, evaluate_pairs, pair_count, tokenize_pairs
+    from posttrain.train.preference_data import PairBatches, evaluate_pairs, pair_count, pair_lengths, tokenize_pairs
 
     # --- run folder, policy, tokenizer
     run_dir = prepare_run(config, command)
@@ -294,7 +294,8 @@ def run_dpo(config: DPOConfig, command: str = "posttrain dpo") -> dict:
             log("  eval @ step 0: " + ", ".join(f"{k}={start_eval['start_eval_' + k]:.4f}" for k in SHOWN), main)
 
     # --- train
-    last = engine.fit(len(batches), batches, step, normalizer_fn=pair_count, eval_fn=eval_fn, description="dpo")
+    last = engine.fit(len(batches), batches, step, normalizer_fn=pair_count, eval_fn=eval_fn, description="dpo",
+                      lengths=pair_lengths(pairs))
     out = engine.save_final()
     last.update(start_eval)
     last["reference_cache_hit"] = bool(cache_hits) and all(cache_hits)

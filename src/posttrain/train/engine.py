@@ -79,6 +79,29 @@ def make_accelerator(options: TrainingOptions):
                        cpu=not torch.cuda.is_available())
 
 
+def group_by_length(order: list[int], lengths: list[int], per_step: int, generator: torch.Generator,
+                    steps_per_group: int = 50) -> list[int]:
+    """Reorder one epoch so that each optimizer step's units have similar lengths.
+
+    The random ``order`` is cut into groups of ``steps_per_group`` steps; each group is sorted by
+    length (longest first) and cut into steps; then the steps of the whole epoch are shuffled.
+    Every unit still appears once per epoch and step order stays random; only which units share a
+    step changes (the idea of Hugging Face's LengthGroupedSampler, at optimizer-step granularity so
+    gradient accumulation and several processes see the same grouping). Padding per step falls
+    from the longest row of a random draw to that of its length neighbours."""
+    # The epoch's last partial step is dropped by the engine: take it from the random order, so
+    # which units miss this epoch stays random rather than "the shortest of the last group".
+    whole = len(order) - len(order) % per_step
+    order, tail = order[:whole], order[whole:]
+    group = per_step * steps_per_group
+    sorted_order: list[int] = []
+    for start in range(0, len(order), group):
+        sorted_order += sorted(order[start:start + group], key=lambda i: -lengths[i])
+    steps = [sorted_order[i:i + per_step] for i in range(0, len(sorted_order), per_step)]
+    shuffled = [steps[i] for i in torch.randperm(len(steps), generator=generator).tolist()]
+    return [unit for step in shuffled for unit in step] + tail
+
+
 class Engine:
     def __init__(self, options: TrainingOptions, model: torch.nn.Module, tokenizer=None, accelerator=None):
         self.options = options
@@ -93,15 +116,21 @@ class Engine:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._lengths: list[int] | None = None   # per-unit lengths for group_by_length (set by fit)
 
     # ------------------------------------------------------------------ data order
     def _epoch_order(self, num_units: int, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.options.seed * 100_003 + epoch)
-        return torch.randperm(num_units, generator=g).tolist()
+        order = torch.randperm(num_units, generator=g).tolist()
+        if self.options.group_by_length and self._lengths is not None:
+            order = group_by_length(order, self._lengths, self._units_per_step(), g)
+        return order
+
+    def _units_per_step(self) -> int:
+        return self.options.batch_size * self.options.gradient_accumulation_steps * self.world
 
     def steps_per_epoch(self, num_units: int) -> int:
-        per_step = self.options.batch_size * self.options.gradient_accumulation_steps * self.world
-        return num_units // per_step
+        return num_units // self._units_per_step()
 
     def _step_indices(self, num_units: int) -> list[list[int]]:
         """This process's micro-batches (lists of unit indices) for the next optimizer step.
@@ -109,7 +138,7 @@ class Engine:
         micro-batch ``j`` of process ``p`` is the ``(j·world + p)``-th slice, so the global set
         of units per step does not depend on how it is split."""
         o = self.options
-        per_step = o.batch_size * o.gradient_accumulation_steps * self.world
+        per_step = self._units_per_step()
         if self.state.position + per_step > num_units:
             self.state.epoch += 1
             self.state.position = 0
@@ -263,8 +292,7 @@ class Engine:
     def total_steps(self, num_units: int) -> int:
         per_epoch = self.steps_per_epoch(num_units)
         if per_epoch == 0:
-            per_step = self.options.batch_size * self.options.gradient_accumulation_steps * self.world
-            raise TrainingError(f"only {num_units} training rows for a step of {per_step} "
+            raise TrainingError(f"only {num_units} training rows for a step of {self._units_per_step()} "
                                 f"(batch_size × gradient_accumulation_steps × processes): add data or lower the batch")
         if self.options.max_steps > 0:
             return self.options.max_steps
@@ -272,9 +300,14 @@ class Engine:
 
     def fit(self, num_units: int, collate: Callable[[list[int]], dict], step_fn: StepFn,
             normalizer_fn: Callable[[dict], float | None] | None = None,
-            eval_fn: Callable[[torch.nn.Module], dict] | None = None, description: str = "train") -> dict:
-        """Train until ``max_steps`` / ``num_epochs``; returns the last logged record."""
+            eval_fn: Callable[[torch.nn.Module], dict] | None = None, description: str = "train",
+            lengths: list[int] | None = None) -> dict:
+        """Train until ``max_steps`` / ``num_epochs``; returns the last logged record. ``lengths``
+        (tokens per unit) lets ``group_by_length`` batch units of similar length together."""
         o = self.options
+        if lengths is not None and len(lengths) != num_units:
+            raise ValueError(f"lengths has {len(lengths)} entries for {num_units} units")
+        self._lengths = lengths
         acc = self.accelerator
         seed_everything(o.seed)
         total = self.total_steps(num_units)

@@ -225,6 +225,11 @@ class PairBatches:
         return batch
 
 
+def pair_lengths(pairs: list[dict]) -> list[int]:
+    """Tokens of each pair's longer side (its padded width in a batch), for ``group_by_length``."""
+    return [len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs]
+
+
 def pair_count(batch: dict) -> float:
     """The engine's normalizer for pair losses: the loss of a step is the mean over its pairs."""
     return float(batch["num_pairs"])
@@ -236,8 +241,11 @@ def evaluate_pairs(model, batches: PairBatches, step, batch_size: int) -> dict:
     device = next(model.parameters()).device
     totals: dict[str, float] = {}
     n = 0
-    for start in range(0, len(batches), batch_size):
-        batch = batches(list(range(start, min(start + batch_size, len(batches)))))
+    # Batches of similar length pad less; the result is a weighted mean, so order does not matter.
+    lengths = pair_lengths(batches.examples)
+    order = sorted(range(len(batches)), key=lambda i: lengths[i])
+    for start in range(0, len(order), batch_size):
+        batch = batches(order[start:start + batch_size])
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         numerator, metrics = step(model, batch)
         k = batch["num_pairs"]

@@ -120,7 +120,7 @@ def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
     from posttrain.rewards.reward_model import freeze_lower_layers, load_reward_model
     from posttrain.train.common import log, prepare_run
     from posttrain.train.engine import Engine
-    from posttrain.train.preference_data import PairBatches, evaluate_pairs, pair_count, tokenize_pairs
+    from posttrain.train.preference_data import PairBatches, evaluate_pairs, pair_count, pair_lengths, tokenize_pairs
 
     # --- run folder, reward model (one-label classifier, distinct pad token), tokenizer
     run_dir = prepare_run(config, command)
@@ -153,7 +153,8 @@ def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
         eval_fn = lambda m: evaluate_pairs(m, eval_batches, step, config.batch_size)  # noqa: E731
 
     # --- train
-    last = engine.fit(len(batches), batches, step, normalizer_fn=pair_count, eval_fn=eval_fn, description="reward")
+    last = engine.fit(len(batches), batches, step, normalizer_fn=pair_count, eval_fn=eval_fn, description="reward",
+                      lengths=pair_lengths(pairs))
     out = engine.save_final()
     if main:
         from posttrain.reports.training import write_training_report

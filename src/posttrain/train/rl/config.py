@@ -45,6 +45,10 @@ class RLConfig(TrainingOptions):
     temperature: float = opt(1.0, "sampling temperature; the training forward divides logits by it too", "Sampling")
     top_p: float = opt(1.0, "nucleus sampling (1 = off)", "Sampling")
     top_k: int = opt(0, "top-k sampling (0 = off)", "Sampling")
+    share_prompts: bool = opt(True, "run each group's prompt through the model once and copy its KV cache to the "
+                              "group's rows, in generation (hf) and every training forward; same values up to "
+                              "float rounding, less compute when prompts are long. Off with several processes",
+                              "Sampling")
     rollout_backend: str = opt("hf", "hf (transformers generate; CPU and GPU) or vllm (GPU, when installed)", "Sampling")
     # KL to the reference
     beta: float = opt(0.0, "KL coefficient (0 = no reference model; KL is still logged when kl_in=loss "

@@ -29,7 +29,7 @@ import torch
 from posttrain.losses.policy import apply_action_mask, nlpo_topp_mask
 
 __all__ = ["Rollout", "RolloutBackend", "HFRollout", "VLLMRollout", "TopPActionMask", "make_backend",
-           "forward_inputs", "completion_logits", "gather_logps"]
+           "forward_inputs", "prompt_runs", "shared_prompt_cache", "completion_logits", "gather_logps"]
 
 
 @dataclass
@@ -122,13 +122,60 @@ def forward_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor | N
     return out
 
 
+def prompt_runs(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
+    """Runs of consecutive identical prompts (a group's rows): the distinct prompts, and for each
+    row the index of its prompt among them, (B,) long."""
+    unique: list[list[int]] = []
+    index = []
+    for ids in prompt_ids:
+        if not unique or list(ids) != unique[-1]:
+            unique.append(list(ids))
+        index.append(len(unique) - 1)
+    return unique, torch.tensor(index, dtype=torch.long)
+
+
+def shared_prompt_cache(model, unique_prompts: list[list[int]], row_index: torch.Tensor, pad_id: int, device,
+                        logits_to_keep: int = 1):
+    """Run each distinct prompt once and copy its KV cache to every row that shares it.
+
+    A group of n completions of one prompt needs the prompt's keys and values n times, but
+    computing them once is enough: the rows' prompt tokens are identical, so their hidden states
+    are too. Autograd flows back through the copies (``index_select``), so gradients are those
+    of n separate forwards. Returns the model output of the prompt pass (logits of its last
+    ``logits_to_keep`` positions, one row per distinct prompt) with its cache expanded to the B
+    rows, and the rows' prompt layout (``forward_inputs``)."""
+    prompt = forward_inputs(unique_prompts, None, pad_id, device=device)
+    prompt.pop("prompt_length")
+    out = model(**prompt, use_cache=True, logits_to_keep=logits_to_keep)
+    index = row_index.to(device)
+    out.past_key_values.batch_select_indices(index)
+    return out, {k: v[index] for k, v in prompt.items()}
+
+
 def completion_logits(model, prompt_ids: list[list[int]], completion_ids: torch.Tensor, pad_id: int,
-                      temperature: float = 1.0) -> torch.Tensor:
+                      temperature: float = 1.0, share_prompts: bool = False) -> torch.Tensor:
     """Logits (B, T, V) that predict each completion token, divided by ``temperature`` (the
-    sampling temperature, so that log-probs are those of the distribution sampled from)."""
+    sampling temperature, so that log-probs are those of the distribution sampled from).
+
+    ``share_prompts``: rows with the same prompt (a GRPO group) run it through the model once
+    (:func:`shared_prompt_cache`); the completions then attend to the copied cache. Same values
+    as the plain pass up to float rounding, at (distinct prompts + B) / B of its prompt cost."""
     device = completion_ids.device
-    inputs = forward_inputs(prompt_ids, completion_ids, pad_id, device=device)
     T = completion_ids.shape[1]
+    if share_prompts:
+        unique, row_index = prompt_runs(prompt_ids)
+        if len(unique) < len(prompt_ids):
+            out, prompt = shared_prompt_cache(model, unique, row_index, pad_id, device)
+            first = out.logits[row_index.to(device)]  # predicts completion token 0
+            if T == 1:
+                return first.float() / temperature
+            # completion token t sits at position (real prompt tokens) + t
+            positions = prompt["position_ids"][:, -1:] + 1 + torch.arange(T - 1, device=device)
+            attention = torch.cat([prompt["attention_mask"], torch.ones_like(completion_ids[:, :-1])], dim=1)
+            rest = model(input_ids=completion_ids[:, :-1], attention_mask=attention, position_ids=positions,
+                         past_key_values=out.past_key_values, use_cache=True).logits
+            return torch.cat([first, rest], dim=1).float() / temperature
+    inputs = forward_inputs(prompt_ids, completion_ids, pad_id, device=device)
     inputs.pop("prompt_length")
     # only the last T + 1 positions need the LM head (the prompt's logits are never used)
     logits = model(**inputs, use_cache=False, logits_to_keep=T + 1).logits[:, :T].float()
@@ -187,8 +234,9 @@ class HFRollout:
     log-probs are read off the processed scores ``generate`` returns. The model is the training
     policy itself (no copy, so no weight sync); it is put in eval mode while sampling."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 64):
+    def __init__(self, model, tokenizer, batch_size: int = 64, share_prompts: bool = False):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.share_prompts = share_prompts
         self.pad_id = tokenizer.pad_token_id
         eos = tokenizer.eos_token_id
         self.eos_ids = sorted({eos} if isinstance(eos, int) else set(eos))
@@ -233,6 +281,14 @@ class HFRollout:
         P = inputs.pop("prompt_length")
         inputs.pop("position_ids")  # generate derives them from the attention mask
         processors = LogitsProcessorList([action_mask(inputs["attention_mask"])] if action_mask else [])
+        if self.share_prompts and min(len(r) for r in rows) > 1:
+            unique, row_index = prompt_runs(rows)
+            if len(unique) < len(rows):
+                # Prefill every prompt token but the last once per distinct prompt; generate
+                # continues from the copied cache (it feeds the last prompt token itself). With
+                # left padding, the distinct prompts minus their last token pad to the same P - 1.
+                out, _ = shared_prompt_cache(model, [u[:-1] for u in unique], row_index, self.pad_id, device)
+                inputs["past_key_values"] = out.past_key_values
         sampling = {"do_sample": False} if greedy else {
             "do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids,
@@ -316,10 +372,11 @@ class VLLMRollout:
                        time.perf_counter() - start)
 
 
-def make_backend(name: str, model, tokenizer, model_path: str | None = None, batch_size: int = 64):
-    """``hf`` (default) or ``vllm``."""
+def make_backend(name: str, model, tokenizer, model_path: str | None = None, batch_size: int = 64,
+                 share_prompts: bool = False):
+    """``hf`` (default) or ``vllm`` (which shares prompt prefixes by itself)."""
     if name == "hf":
-        return HFRollout(model, tokenizer, batch_size=batch_size)
+        return HFRollout(model, tokenizer, batch_size=batch_size, share_prompts=share_prompts)
     if name == "vllm":
         return VLLMRollout(model_path, tokenizer)
     raise ValueError(f"unknown rollout backend {name!r}: choose hf or vllm")

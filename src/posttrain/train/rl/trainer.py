@@ -217,8 +217,11 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
         else FixedKLController(config.beta)
     rl_state = RLState(kl_controller, value)
     single_update = update_gives_old_logps(config)
+    # Prompt sharing runs two forwards per backward; under DDP that is untested, so one process only.
+    share = config.share_prompts and engine.world == 1
     backend = make_backend(config.rollout_backend, policy, tokenizer, model_path=resolve_model_path(config.model),
-                           batch_size=max(config.batch_size, config.prompts_per_step * config.group_size))
+                           batch_size=max(config.batch_size, config.prompts_per_step * config.group_size),
+                           share_prompts=share)
 
     # --- resume
     checkpoint = engine.latest_checkpoint() if config.resume else None
@@ -256,7 +259,8 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
         prompts = [b["prompt_ids"][i] for i in rows_.tolist()]
         completion = b["completion_ids"][rows_].to(device)
         mask = b["mask"][rows_].to(device)
-        logits = completion_logits(model, prompts, completion, tokenizer.pad_token_id, config.temperature)
+        logits = completion_logits(model, prompts, completion, tokenizer.pad_token_id, config.temperature,
+                                   share_prompts=share)
         if "keep" in b:
             logits = apply_action_mask(logits, b["keep"][rows_].to(device))
         logps = gather_logps(logits, completion)
@@ -311,7 +315,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
             # 3. π_old, π_ref, values, action mask: no-grad forwards on the update's layout
             train_start = time.perf_counter()
             batch = _score_batch(rollout, policy, reference, mask_model, value, config, device,
-                                 policy_pass=not single_update)
+                                 policy_pass=not single_update, share=share)
             # 4. advantages
             adv = ALGORITHMS[algorithm](scores_B, batch, config)
             batch["advantages"] = adv.advantages
@@ -443,11 +447,11 @@ def _next_prompts(engine: Engine, rows: list[dict], count: int) -> list[dict]:
 
 @torch.no_grad()
 def _score_batch(rollout: Rollout, policy, reference, mask_model, value, config, device,
-                 policy_pass: bool = True) -> dict:
+                 policy_pass: bool = True, share: bool = False) -> dict:
     """Tensors of one rollout step (CPU): completion ids and mask, π_old, π_ref, values, the
     NLPO action mask, and the policy's summed entropy over sampled tokens. Without
     ``policy_pass`` π_old and the entropy are left for the update to fill (zeros; ``measured``
-    marks the rows that have them)."""
+    marks the rows that have them). ``share``: each group's prompt runs once (``completion_logits``)."""
     pad = rollout.pad_id
     batch = {"prompt_ids": rollout.prompt_ids, "completion_ids": rollout.completion_ids,
              "mask": rollout.completion_mask}
@@ -460,19 +464,22 @@ def _score_batch(rollout: Rollout, policy, reference, mask_model, value, config,
         completion = rollout.completion_ids[s:s + chunk].to(device)
         mask = rollout.completion_mask[s:s + chunk].to(device)
         if policy_pass:
-            logits = completion_logits(policy, prompts, completion, pad, config.temperature)
+            logits = completion_logits(policy, prompts, completion, pad, config.temperature, share_prompts=share)
             if mask_model is not None:
-                keep = nlpo_topp_mask(completion_logits(mask_model, prompts, completion, pad), config.mask_top_p)
+                keep = nlpo_topp_mask(completion_logits(mask_model, prompts, completion, pad, share_prompts=share),
+                                      config.mask_top_p)
                 logits = apply_action_mask(logits, keep)
                 keeps.append(keep.cpu())
             old.append(gather_logps(logits, completion).cpu())
             entropy_sum += float((entropy_from_logits(logits) * mask).sum())
         if config.beta > 0:
             if reference is not None:
-                ref_logits = completion_logits(reference, prompts, completion, pad, config.temperature)
+                ref_logits = completion_logits(reference, prompts, completion, pad, config.temperature,
+                                               share_prompts=share)
             else:
                 with policy.disable_adapter():
-                    ref_logits = completion_logits(policy, prompts, completion, pad, config.temperature)
+                    ref_logits = completion_logits(policy, prompts, completion, pad, config.temperature,
+                                                   share_prompts=share)
             if mask_model is not None:
                 ref_logits = apply_action_mask(ref_logits, keep)
             ref.append(gather_logps(ref_logits, completion).cpu())
