@@ -10,7 +10,7 @@ import torch
 from posttrain.config import ConfigError, load_config
 from posttrain.data.formats import DataError
 from posttrain.train import dpo as dpo_module
-from posttrain.train.dpo import DPOConfig, compute_reference_logps, dpo_step, frozen_copy_reference, \
+from posttrain.train.dpo import DPOConfig, completion_logps, compute_reference_logps, dpo_step, frozen_copy_reference, \
     reference_from_batch, run_dpo
 from posttrain.train.preference_data import PairBatches, encode_pair_row, tokenize_pairs
 
@@ -130,9 +130,10 @@ def test_refused_combinations():
 # Reference log-probs and the step
 
 
-def test_step_zero_loss_is_ln2_with_precomputed_reference(tokenizer, tiny):
+@pytest.mark.parametrize("share", [False, True], ids=["plain", "shared-prompts"])
+def test_step_zero_loss_is_ln2_with_precomputed_reference(tokenizer, tiny, share):
     examples = pairs_of(tokenizer)
-    batches = PairBatches(examples, tokenizer.pad_token_id)
+    batches = PairBatches(examples, tokenizer.pad_token_id, share_prompts=share)
     batches.extras["ref_logps"] = compute_reference_logps(tiny, batches, batch_size=3, device="cpu")
     for loss_type, beta in (("dpo", 0.1), ("dpo_norm", 5.0), ("sigmoid", 0.1)):
         step = dpo_step(dpo_config(loss_type=loss_type, beta=beta), reference_from_batch)
@@ -154,6 +155,23 @@ def test_precomputed_reference_equals_on_the_fly_copy(tokenizer, tiny):
     torch.testing.assert_close(on_the_fly, expected, rtol=0, atol=1e-5)
     batches.extras["ref_logps"] = pre
     torch.testing.assert_close(reference_from_batch(None, batches([2, 0, 3, 1])).double(), expected, rtol=0, atol=1e-7)
+
+
+def test_shared_prompt_logps_and_gradients_equal_the_plain_forward(tokenizer, tiny):
+    """Each pair's prompt run once, both responses continuing from its cache: the same summed
+    log-probs, token counts and parameter gradients as the concatenated 2B-row forward."""
+    examples = pairs_of(tokenizer)
+    out = {}
+    for share in (False, True):
+        batch = PairBatches(examples, tokenizer.pad_token_id, share_prompts=share)([2, 0, 3, 1])
+        tiny.zero_grad()
+        sums, counts = completion_logps(tiny, batch)
+        (sums * torch.linspace(0.5, 1.5, len(sums))).sum().backward()
+        out[share] = sums.detach(), counts, [p.grad.clone() for p in tiny.parameters()]
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-4)
+    assert torch.equal(out[True][1].long(), out[False][1].long())
+    for a, b in zip(out[True][2], out[False][2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_pair_mean_loss_is_invariant_to_accumulation(tokenizer, tiny):
@@ -192,7 +210,8 @@ def test_second_run_reuses_the_cached_reference(tokenizer, tiny_model_dir, tmp_p
 
 
 @pytest.mark.parametrize("ours,trls", [("dpo", "sigmoid"), ("dpo_norm", "sigmoid_norm")])
-def test_loss_matches_trl_dpo_trainer(tokenizer, tiny_model_dir, tmp_path, ours, trls):
+@pytest.mark.parametrize("share", [False, True], ids=["plain", "shared-prompts"])
+def test_loss_matches_trl_dpo_trainer(tokenizer, tiny_model_dir, tmp_path, ours, trls, share):
     pytest.importorskip("trl")
     import copy
 
@@ -222,7 +241,7 @@ def test_loss_matches_trl_dpo_trainer(tokenizer, tiny_model_dir, tmp_path, ours,
     examples, _ = tokenize_pairs(rows, tok, 256, 128, "test")
     step = dpo_step(dpo_config(loss_type=ours, beta=beta), frozen_copy_reference(ref, "cpu"))
     with torch.no_grad():
-        numerator, _ = step(model, PairBatches(examples, tok.pad_token_id)([0, 1, 2, 3]))
+        numerator, _ = step(model, PairBatches(examples, tok.pad_token_id, share_prompts=share)([0, 1, 2, 3]))
     assert abs(trl_loss - math.log(2)) > 1e-3
     assert float(numerator) / 4 == pytest.approx(trl_loss, abs=1e-5)
 

@@ -78,6 +78,24 @@ def test_score_is_read_at_the_last_real_token_and_padding_changes_nothing(tiny_r
     assert not torch.allclose(batched, before, atol=1e-4)
 
 
+def test_shared_prompt_scores_and_gradients_equal_the_plain_forward(tiny_rm):
+    """Each pair's prompt run once, both responses continuing from its cache: the same scores, BT
+    loss and parameter gradients as the concatenated 2B-row forward."""
+    model, tok = tiny_rm
+    examples, _ = tokenize_pairs(ROWS, tok, 256, 128, "test")
+    out = {}
+    for share in (False, True):
+        batch = PairBatches(examples, tok.pad_token_id, share_prompts=share)([2, 0, 3, 1])
+        model.zero_grad()
+        numerator, metrics = reward_step(reward_config())(model, batch)
+        numerator.backward()
+        out[share] = float(numerator), metrics, [p.grad.clone() for p in model.parameters()]
+    assert out[True][0] == pytest.approx(out[False][0], abs=1e-5)
+    assert out[True][1]["margin"] == pytest.approx(out[False][1]["margin"], abs=1e-5)
+    for a, b in zip(out[True][2], out[False][2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_margin_column_enters_the_loss(tiny_rm):
     model, tok = tiny_rm
     examples, _ = tokenize_pairs(ROWS, tok, 256, 128, "test")

@@ -95,6 +95,31 @@ def freeze_lower_layers(model, trainable_layers: int) -> int:
     return len(blocks)
 
 
+def shared_prompt_scores(model, prompts: list[list[int]], row_index: torch.Tensor, response_ids_BR: torch.Tensor,
+                         response_mask_BR: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """(B,) scores of a decoder reward model where row b is ``prompts[row_index[b]]`` followed by
+    its response: each distinct prompt runs once through the backbone and the responses continue
+    from its copied KV cache (``train/layout.py``); the head reads the last response token."""
+    from posttrain.train.layout import forward_inputs
+
+    inner = getattr(model, "module", model)
+    backbone = inner.base_model
+    device = response_ids_BR.device
+    prompt = forward_inputs(prompts, None, pad_id, device=device)
+    prompt.pop("prompt_length")
+    cache = backbone(**prompt, use_cache=True).past_key_values
+    index = row_index.to(device)
+    cache.batch_select_indices(index)
+    R = response_ids_BR.shape[1]
+    positions = prompt["position_ids"][index][:, -1:] + 1 + torch.arange(R, device=device)
+    attention = torch.cat([prompt["attention_mask"][index], torch.ones_like(response_ids_BR)], dim=1)
+    hidden_BRD = backbone(input_ids=response_ids_BR, attention_mask=attention, position_ids=positions,
+                          past_key_values=cache, use_cache=True).last_hidden_state
+    last_B = response_mask_BR.long().sum(-1) - 1
+    hidden_BD = hidden_BRD[torch.arange(hidden_BRD.shape[0], device=device), last_B]
+    return inner.score(hidden_BD).squeeze(-1).float()
+
+
 def sequence_scores(model, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
     """(B,) float scores: decoder heads read at the last real token of each row, encoders pooled."""
     inner = getattr(model, "module", model)

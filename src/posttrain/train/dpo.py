@@ -109,9 +109,20 @@ def loss_options(config: DPOConfig) -> dict[str, float]:
 
 
 def completion_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sums_2B, counts_2B): summed log-probs of each row's response tokens and their number."""
-    from posttrain.losses.sft import token_nll
+    """(sums_2B, counts_2B): summed log-probs of each row's response tokens and their number.
 
+    ``batch["share_prompts"]`` (``DPOConfig.share_prompts``): each pair's prompt runs once and both responses continue from its KV cache
+    (``train/layout.py``); the prompt's own logits are never computed. Same values up to rounding."""
+    from posttrain.losses.sft import token_nll
+    from posttrain.train.layout import gather_logps, shared_prefix_logits
+
+    if batch.get("share_prompts"):
+        B = len(batch["prompts"])
+        responses, mask = batch["response_ids"], batch["response_mask"]
+        row_index = torch.arange(B).repeat(2)   # chosen rows, then rejected rows
+        logits = shared_prefix_logits(model, batch["prompts"], row_index, responses, batch["pad_id"])
+        logps = gather_logps(logits.float(), responses) * mask
+        return logps.sum(-1), mask.sum(-1)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     nll_2BT, mask_2BT = token_nll(logits, batch["labels"])
     return -nll_2BT.sum(-1), mask_2BT.sum(-1)
@@ -261,8 +272,10 @@ def run_dpo(config: DPOConfig, command: str = "posttrain dpo") -> dict:
                                                 config.max_length, config.max_prompt_length, "eval_data",
                                                 config.skip_invalid_rows)
         log(f"[bold]dpo[/] held out: {eval_stats.summary()}", main)
-    batches = PairBatches(pairs, tokenizer.pad_token_id)
-    eval_batches = PairBatches(eval_pairs, tokenizer.pad_token_id)
+    # Sharing runs two forwards per backward; under DDP that is untested, so one process only.
+    share = config.share_prompts and engine.world == 1
+    batches = PairBatches(pairs, tokenizer.pad_token_id, share_prompts=share)
+    eval_batches = PairBatches(eval_pairs, tokenizer.pad_token_id, share_prompts=share)
 
     # --- reference: what the loss needs, built before the engine wraps the policy
     reference, cache_hits = None, []

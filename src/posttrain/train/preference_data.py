@@ -56,6 +56,9 @@ class PreferenceOptions(TrainingOptions):
     max_prompt_length: int = opt(256, "prompt tokens kept (from the end of the prompt)", "Data")
     skip_invalid_rows: bool = opt(False, "skip and count invalid rows (chosen == rejected, empty response, "
                                   "missing prompt, …) instead of stopping with an error naming the row", "Data")
+    share_prompts: bool = opt(True, "run each pair's prompt once; chosen and rejected continue from its KV cache "
+                              "(same values up to float rounding, less compute; decoder models). Off with "
+                              "several processes", "Model")
 
 
 @dataclass
@@ -194,12 +197,15 @@ class PairBatches:
     """Collate pair indices into one concatenated batch: chosen rows first, then rejected rows.
 
     Right padding with ``pad_id``; ``attention_mask`` marks real tokens; ``labels`` carry the
-    response tokens only. Extra per-pair tensors (e.g. precomputed reference log-probs) can be
+    response tokens only. The same rows also come as ``prompts`` (B token lists) and
+    ``response_ids`` / ``response_mask`` (2B, R) for forwards that run each prompt once. Extra per-pair tensors (e.g. precomputed reference log-probs) can be
     attached with ``extras={"name": tensor of shape (N, …)}``; they are indexed per batch.
     """
 
-    def __init__(self, examples: list[dict], pad_id: int, extras: dict[str, torch.Tensor] | None = None):
+    def __init__(self, examples: list[dict], pad_id: int, extras: dict[str, torch.Tensor] | None = None,
+                 share_prompts: bool = False):
         self.examples, self.pad_id, self.extras = examples, pad_id, dict(extras or {})
+        self.share_prompts = share_prompts   # tells the forward (dpo.completion_logps) which layout to run
 
     def __len__(self):
         return len(self.examples)
@@ -216,9 +222,18 @@ class PairBatches:
             ids[r, : n + m] = torch.tensor(list(prompt) + list(response), dtype=torch.long)
             labels[r, n: n + m] = torch.tensor(list(response), dtype=torch.long)
             mask[r, : n + m] = 1
+        # The same rows as (prompt, response) for a shared-prompt forward (``train/layout.py``):
+        # each pair's prompt once, the 2B responses right-padded.
+        responses = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
+        response_ids = torch.full((len(seqs), max(len(r) for r in responses)), self.pad_id, dtype=torch.long)
+        for r, response in enumerate(responses):
+            response_ids[r, :len(response)] = torch.tensor(list(response), dtype=torch.long)
         batch = {"input_ids": ids, "attention_mask": mask, "labels": labels,
                  "margin": torch.tensor([p["margin"] for p in pairs], dtype=torch.float32),
-                 "num_pairs": len(pairs)}
+                 "num_pairs": len(pairs), "prompts": [list(p["prompt_ids"]) for p in pairs], "pad_id": self.pad_id,
+                 "share_prompts": self.share_prompts,
+                 "response_ids": response_ids,
+                 "response_mask": torch.tensor([[t < len(r) for t in range(response_ids.shape[1])] for r in responses])}
         index = torch.tensor(indices, dtype=torch.long)
         for name, values in self.extras.items():
             batch[name] = values[index]

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from posttrain.config import ConfigError, opt
 from posttrain.train.preference_data import PreferenceOptions
 from posttrain.losses.preference import bradley_terry_loss
@@ -73,10 +75,15 @@ class RewardConfig(PreferenceOptions):
 
 def reward_step(config: RewardConfig):
     """``step(model, batch) -> (Σ per-pair BT losses, metrics)``; the engine divides by the pair count."""
-    from posttrain.rewards.reward_model import sequence_scores
+    from posttrain.rewards.reward_model import sequence_scores, shared_prompt_scores
 
     def step(model, batch):
-        scores_2B = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
+        if batch.get("share_prompts"):  # each pair's prompt once (decoder backbones only)
+            B = batch["num_pairs"]
+            scores_2B = shared_prompt_scores(model, batch["prompts"], torch.arange(B).repeat(2), batch["response_ids"],
+                                             batch["response_mask"], batch["pad_id"])
+        else:
+            scores_2B = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
         chosen_B, rejected_B = scores_2B.chunk(2)
         margin_B = batch["margin"].to(scores_2B.dtype) if config.use_margin else None
         losses_B, accuracy_B = bradley_terry_loss(chosen_B, rejected_B, margin_B, config.center_rewards_coefficient)
@@ -140,7 +147,9 @@ def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
     pairs, stats = tokenize_pairs(mix_sources(config.data, seed=config.seed), tokenizer, config.max_length,
                                   config.max_prompt_length, "data", config.skip_invalid_rows, kind="reward")
     log(f"[bold]reward[/] {stats.summary()}", main)
-    batches = PairBatches(pairs, tokenizer.pad_token_id)
+    # Sharing needs a decoder (a KV cache) and runs two forwards per backward: one process only.
+    share = config.share_prompts and engine.world == 1 and hasattr(model, "score")
+    batches = PairBatches(pairs, tokenizer.pad_token_id, share_prompts=share)
     step = reward_step(config)
     eval_fn = None
     if config.eval_data:
@@ -149,7 +158,7 @@ def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
                                                 config.max_length, config.max_prompt_length, "eval_data",
                                                 config.skip_invalid_rows, kind="reward")
         log(f"[bold]reward[/] held out: {eval_stats.summary()}", main)
-        eval_batches = PairBatches(eval_pairs, tokenizer.pad_token_id)
+        eval_batches = PairBatches(eval_pairs, tokenizer.pad_token_id, share_prompts=share)
         eval_fn = lambda m: evaluate_pairs(m, eval_batches, step, config.batch_size)  # noqa: E731
 
     # --- train

@@ -27,6 +27,8 @@ from typing import Callable, Protocol
 import torch
 
 from posttrain.losses.policy import apply_action_mask, nlpo_topp_mask
+from posttrain.train.layout import completion_logits, forward_inputs, gather_logps, prompt_runs, \
+    shared_prompt_cache
 
 __all__ = ["Rollout", "RolloutBackend", "HFRollout", "VLLMRollout", "TopPActionMask", "make_backend",
            "forward_inputs", "prompt_runs", "shared_prompt_cache", "completion_logits", "gather_logps"]
@@ -87,105 +89,6 @@ class RolloutBackend(Protocol):
 # A factory called with the prompt attention mask (B, P) that returns a transformers
 # LogitsProcessor restricting the actions (NLPO); see TopPActionMask.
 ActionMaskFactory = Callable[[torch.Tensor], object]
-
-
-# ---------------------------------------------------------------------------------------------
-# Padded layout shared by generation and the training forward pass
-
-
-def forward_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor | None, pad_id: int,
-                   device=None) -> dict:
-    """Left-padded prompts followed by right-padded completions, the layout ``generate`` uses.
-
-    Returns ``input_ids`` (B, P+T), ``attention_mask`` (B, P+T) (0 on left padding only: the
-    completion's right padding is masked by the loss mask, and causal attention keeps it from
-    touching earlier tokens), ``position_ids`` (B, P+T), and ``prompt_length`` P: the logits that
-    predict completion token t sit at position P - 1 + t.
-    """
-    P = max(len(p) for p in prompt_ids)
-    B = len(prompt_ids)
-    prompt_BP = torch.full((B, P), pad_id, dtype=torch.long)
-    attention_BP = torch.zeros((B, P), dtype=torch.long)
-    for i, ids in enumerate(prompt_ids):
-        prompt_BP[i, P - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention_BP[i, P - len(ids):] = 1
-    if completion_ids is not None:
-        input_ids = torch.cat([prompt_BP, completion_ids.cpu()], dim=1)
-        attention = torch.cat([attention_BP, torch.ones_like(completion_ids.cpu())], dim=1)
-    else:
-        input_ids, attention = prompt_BP, attention_BP
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    out = {"input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids}
-    if device is not None:
-        out = {k: v.to(device) for k, v in out.items()}
-    out["prompt_length"] = P
-    return out
-
-
-def prompt_runs(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
-    """Runs of consecutive identical prompts (a group's rows): the distinct prompts, and for each
-    row the index of its prompt among them, (B,) long."""
-    unique: list[list[int]] = []
-    index = []
-    for ids in prompt_ids:
-        if not unique or list(ids) != unique[-1]:
-            unique.append(list(ids))
-        index.append(len(unique) - 1)
-    return unique, torch.tensor(index, dtype=torch.long)
-
-
-def shared_prompt_cache(model, unique_prompts: list[list[int]], row_index: torch.Tensor, pad_id: int, device,
-                        logits_to_keep: int = 1):
-    """Run each distinct prompt once and copy its KV cache to every row that shares it.
-
-    A group of n completions of one prompt needs the prompt's keys and values n times, but
-    computing them once is enough: the rows' prompt tokens are identical, so their hidden states
-    are too. Autograd flows back through the copies (``index_select``), so gradients are those
-    of n separate forwards. Returns the model output of the prompt pass (logits of its last
-    ``logits_to_keep`` positions, one row per distinct prompt) with its cache expanded to the B
-    rows, and the rows' prompt layout (``forward_inputs``)."""
-    prompt = forward_inputs(unique_prompts, None, pad_id, device=device)
-    prompt.pop("prompt_length")
-    out = model(**prompt, use_cache=True, logits_to_keep=logits_to_keep)
-    index = row_index.to(device)
-    out.past_key_values.batch_select_indices(index)
-    return out, {k: v[index] for k, v in prompt.items()}
-
-
-def completion_logits(model, prompt_ids: list[list[int]], completion_ids: torch.Tensor, pad_id: int,
-                      temperature: float = 1.0, share_prompts: bool = False) -> torch.Tensor:
-    """Logits (B, T, V) that predict each completion token, divided by ``temperature`` (the
-    sampling temperature, so that log-probs are those of the distribution sampled from).
-
-    ``share_prompts``: rows with the same prompt (a GRPO group) run it through the model once
-    (:func:`shared_prompt_cache`); the completions then attend to the copied cache. Same values
-    as the plain pass up to float rounding, at (distinct prompts + B) / B of its prompt cost."""
-    device = completion_ids.device
-    T = completion_ids.shape[1]
-    if share_prompts:
-        unique, row_index = prompt_runs(prompt_ids)
-        if len(unique) < len(prompt_ids):
-            out, prompt = shared_prompt_cache(model, unique, row_index, pad_id, device)
-            first = out.logits[row_index.to(device)]  # predicts completion token 0
-            if T == 1:
-                return first.float() / temperature
-            # completion token t sits at position (real prompt tokens) + t
-            positions = prompt["position_ids"][:, -1:] + 1 + torch.arange(T - 1, device=device)
-            attention = torch.cat([prompt["attention_mask"], torch.ones_like(completion_ids[:, :-1])], dim=1)
-            rest = model(input_ids=completion_ids[:, :-1], attention_mask=attention, position_ids=positions,
-                         past_key_values=out.past_key_values, use_cache=True).logits
-            return torch.cat([first, rest], dim=1).float() / temperature
-    inputs = forward_inputs(prompt_ids, completion_ids, pad_id, device=device)
-    inputs.pop("prompt_length")
-    # only the last T + 1 positions need the LM head (the prompt's logits are never used)
-    logits = model(**inputs, use_cache=False, logits_to_keep=T + 1).logits[:, :T].float()
-    return logits / temperature
-
-
-def gather_logps(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] per position: (B, T)."""
-    logps_BTV = torch.log_softmax(logits_BTV, dim=-1)
-    return logps_BTV.gather(-1, tokens_BT.unsqueeze(-1)).squeeze(-1)
 
 
 # ---------------------------------------------------------------------------------------------
