@@ -7,7 +7,8 @@ Each side runs ``warmup + timed`` optimizer steps; the timed steps' wall time gi
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/dpo_cpu.py [--warmup 3] [--steps 5]
 
-Prints pairs/s of each and the ratio (ours / TRL). A benchmark, not a test.
+Prints pairs/s of each and the ratio (ours / TRL), and ours with ``share_prompts=false`` (each
+pair's prompt run twice, as TRL does) to show what prompt sharing contributes. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def rows(n: int) -> list[dict]:
     return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in arithmetic_preference("train", n=n)]
 
 
-def bench_ours(data: list[dict], steps: int, warmup: int, out: str) -> float:
+def bench_ours(data: list[dict], steps: int, warmup: int, out: str, *extra: str) -> float:
     """pairs/s of posttrain's DPO over the timed steps (a step's time = between two collate calls)."""
     import json
 
@@ -53,7 +54,7 @@ def bench_ours(data: list[dict], steps: int, warmup: int, out: str) -> float:
     config = load_config(dpo.DPOConfig, overrides=[
         f"out={out}/ours", f"data=[{path}]", "eval_data=[]", f"batch_size={BATCH}", f"max_steps={warmup + steps + 1}",
         f"max_length={MAX_LENGTH}", f"max_prompt_length={MAX_LENGTH // 2}", f"beta={BETA}", f"learning_rate={LR}",
-        "reference=copy", "progress=false", "resume=false", "save_steps=0", "warmup_ratio=0"])
+        "reference=copy", "progress=false", "resume=false", "save_steps=0", "warmup_ratio=0", *extra])
     saved = preference_data.PairBatches  # run_dpo imports PairBatches when called: time its collate calls
     preference_data.PairBatches = TimedBatches
     try:
@@ -82,7 +83,8 @@ def bench_trl(data: list[dict], steps: int, warmup: int, out: str) -> float:
                      max_steps=warmup + steps + 1, learning_rate=LR, beta=BETA, loss_type=["sigmoid"],
                      max_length=MAX_LENGTH, use_cpu=True, report_to="none", logging_steps=1, save_strategy="no",
                      precompute_ref_log_probs=False, dataloader_num_workers=0, warmup_steps=0,
-                     gradient_checkpointing=False)  # TRL 1.16 turns it on by default; ours runs without
+                     gradient_checkpointing=False,  # TRL 1.16 turns it on by default; ours runs without
+                     bf16=False)  # TRL defaults to bf16 autocast, which is slow on CPUs without bf16 units; both fp32
     trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), ref_model=AutoModelForCausalLM.from_pretrained(path),
                          args=args, train_dataset=Dataset.from_list(data), processing_class=load_tokenizer(path),
                          callbacks=[Clock()])
@@ -101,12 +103,16 @@ def main():
     data = rows(BATCH * (args.warmup + args.steps + 2))
     with tempfile.TemporaryDirectory() as out:
         ours = bench_ours(data, args.steps, args.warmup, out)
+        print(f"posttrain: {ours:.3f} pairs/s", flush=True)
+        plain = bench_ours(data, args.steps, args.warmup, out, "share_prompts=false")
+        print(f"posttrain share_prompts=false: {plain:.3f} pairs/s", flush=True)
         trl = bench_trl(data, args.steps, args.warmup, out)
     print(f"\nDPO on CPU ({torch.get_num_threads()} threads), SmolLM2-135M, batch {BATCH} pairs, max_length "
           f"{MAX_LENGTH}, reference in memory, {args.warmup} warm-up + {args.steps} timed steps")
     print(f"  posttrain : {ours:6.3f} pairs/s")
+    print(f"  posttrain share_prompts=false : {plain:6.3f} pairs/s")
     print(f"  TRL 1.16  : {trl:6.3f} pairs/s")
-    print(f"  ratio     : {ours / trl:6.2f}x (posttrain / TRL)")
+    print(f"  ratio     : {ours / trl:6.2f}x (posttrain / TRL); without prompt sharing {plain / trl:.2f}x")
 
 
 if __name__ == "__main__":

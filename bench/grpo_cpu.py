@@ -4,7 +4,8 @@ Same model (SmolLM2-135M-Instruct, fp32), same prompts (built-in single-digit ar
 tokenizer's chat template), same reward (the ``gsm8k`` verifier), 4 prompts × group size 4 per
 step, 24 completion tokens, temperature 1, β = 0, one optimizer update per step, full finetune.
 Prints the steady-state steps/s of each (the first step, with its warm-up, is excluded) and the
-ratio, in one run. Both sides use the same torch thread count.
+ratio, in one run, and ours with ``share_prompts=false`` (every row runs its prompt, as TRL's
+do) to show what prompt sharing contributes. Both sides use the same torch thread count.
 
     PYTHONPATH=src .venv/bin/python bench/grpo_cpu.py                 # needs `pip install trl`
     PYTHONPATH=src .venv/bin/python bench/grpo_cpu.py --steps 6 --threads 2
@@ -42,20 +43,21 @@ work = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
 
 
 # --- posttrain
-def run_posttrain() -> float:
+def run_posttrain(**extra) -> float:
     from posttrain.config import load_config
     from posttrain.train.rl.config import GRPOConfig
     from posttrain.train.rl.trainer import run_rl
 
     data = work / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    overrides = {"model": model_path, "out": str(work / "ours"), "max_steps": args.steps + 1, "data": f"[{data}]",
+    out = work / ("ours" + "".join(f"-{k}-{v}" for k, v in extra.items()))
+    overrides = {"model": model_path, "out": str(out), "max_steps": args.steps + 1, "data": f"[{data}]",
                  "eval_data": "[]", "prompts_per_step": PROMPTS, "group_size": GROUP, "max_new_tokens": LENGTH,
                  "temperature": 1.0, "beta": 0.0, "learning_rate": LR, "batch_size": PROMPTS * GROUP,
                  "filter_zero_variance_groups": False, "mixed_precision": "no", "progress": False,
-                 "save_samples": 0}
+                 "save_samples": 0, **extra}
     run_rl(load_config(GRPOConfig, overrides=[f"{k}={v}" for k, v in overrides.items()]))
-    records = [json.loads(line) for line in (work / "ours" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     seconds = [r["step_seconds"] for r in records if "step_seconds" in r][1:]
     return len(seconds) / sum(seconds)
 
@@ -94,8 +96,10 @@ def run_trl() -> float:
 
 # --- both, one process
 ours = run_posttrain()
+plain = run_posttrain(share_prompts="false")
 theirs = run_trl()
 print(f"posttrain GRPO: {ours:.4f} steps/s ({1 / ours:.1f} s/step)")
+print(f"posttrain GRPO share_prompts=false: {plain:.4f} steps/s ({1 / plain:.1f} s/step)")
 print(f"TRL GRPOTrainer: {theirs:.4f} steps/s ({1 / theirs:.1f} s/step)")
 print(f"ratio posttrain / TRL: {ours / theirs:.2f}x  ({PROMPTS} prompts × {GROUP} completions × {LENGTH} tokens, "
-      f"{args.threads} threads, {args.steps} measured steps each)")
+      f"{args.threads} threads, {args.steps} measured steps each); without prompt sharing {plain / theirs:.2f}x")
