@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["forward_inputs", "prompt_runs", "shared_prompt_cache", "shared_prefix_logits", "completion_logits",
-           "gather_logps"]
+__all__ = ["forward_inputs", "prompt_runs", "shared_prompt_cache", "continue_from_cache", "shared_prefix_logits",
+           "completion_logits", "gather_logps"]
 
 
 def forward_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor | None, pad_id: int,
@@ -62,38 +62,44 @@ def prompt_runs(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Ten
 
 
 def shared_prompt_cache(model, unique_prompts: list[list[int]], row_index: torch.Tensor, pad_id: int, device,
-                        logits_to_keep: int = 1):
+                        logits_to_keep: int | None = 1):
     """Run each distinct prompt once and copy its KV cache to every row that shares it.
 
     A group of n completions of one prompt needs the prompt's keys and values n times, but
     computing them once is enough: the rows' prompt tokens are identical, so their hidden states
-    are too. Autograd flows back through the copies (``index_select``), so gradients are those
-    of n separate forwards. Returns the model output of the prompt pass (logits of its last
-    ``logits_to_keep`` positions, one row per distinct prompt) with its cache expanded to the B
-    rows, and the rows' prompt layout (``forward_inputs``)."""
+    are too. Autograd flows back through the copies (an index on the batch dimension), so
+    gradients are those of n separate forwards. Returns the model output of the prompt pass
+    (logits of its last ``logits_to_keep`` positions, one row per distinct prompt; ``None`` for a
+    backbone without an LM head) with its cache expanded to the B rows, and the rows' prompt
+    layout (``forward_inputs``)."""
     prompt = forward_inputs(unique_prompts, None, pad_id, device=device)
     prompt.pop("prompt_length")
-    out = model(**prompt, use_cache=True, logits_to_keep=logits_to_keep)
+    extra = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
+    out = model(**prompt, use_cache=True, **extra)
     index = row_index.to(device)
     out.past_key_values.batch_select_indices(index)
     return out, {k: v[index] for k, v in prompt.items()}
+
+
+def continue_from_cache(model, prompt: dict, cache, continuation_ids: torch.Tensor):
+    """Run ``continuation_ids`` (B, T) after the rows' cached prompts: token t sits at position
+    (real prompt tokens) + t, attending to the prompt's real tokens and the continuation so far."""
+    T = continuation_ids.shape[1]
+    positions = prompt["position_ids"][:, -1:] + 1 + torch.arange(T, device=continuation_ids.device)
+    attention = torch.cat([prompt["attention_mask"], torch.ones_like(continuation_ids)], dim=1)
+    return model(input_ids=continuation_ids, attention_mask=attention, position_ids=positions,
+                 past_key_values=cache, use_cache=True)
 
 
 def shared_prefix_logits(model, unique_prompts: list[list[int]], row_index: torch.Tensor,
                          completion_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     """Logits (B, T, V) that predict each of row b's completion tokens after the prompt
     ``unique_prompts[row_index[b]]``, with each distinct prompt run once (:func:`shared_prompt_cache`)."""
-    device = completion_ids.device
-    T = completion_ids.shape[1]
-    out, prompt = shared_prompt_cache(model, unique_prompts, row_index, pad_id, device)
-    first = out.logits[row_index.to(device)]  # predicts completion token 0
-    if T == 1:
+    out, prompt = shared_prompt_cache(model, unique_prompts, row_index, pad_id, completion_ids.device)
+    first = out.logits[row_index.to(completion_ids.device)]  # predicts completion token 0
+    if completion_ids.shape[1] == 1:
         return first
-    # completion token t sits at position (real prompt tokens) + t
-    positions = prompt["position_ids"][:, -1:] + 1 + torch.arange(T - 1, device=device)
-    attention = torch.cat([prompt["attention_mask"], torch.ones_like(completion_ids[:, :-1])], dim=1)
-    rest = model(input_ids=completion_ids[:, :-1], attention_mask=attention, position_ids=positions,
-                 past_key_values=out.past_key_values, use_cache=True).logits
+    rest = continue_from_cache(model, prompt, out.past_key_values, completion_ids[:, :-1]).logits
     return torch.cat([first, rest], dim=1)
 
 
