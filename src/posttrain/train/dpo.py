@@ -131,11 +131,12 @@ def completion_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def compute_reference_logps(model, batches, batch_size: int, device) -> torch.Tensor:
     """(N, 2) summed reference log-probs [chosen, rejected] of every pair: one no-grad pass."""
+    from posttrain.train.preference_data import length_ordered_batches
+
     was_training = model.training
     model.eval()
     out = torch.zeros(len(batches), 2, dtype=torch.float64)
-    for start in range(0, len(batches), batch_size):
-        idx = list(range(start, min(start + batch_size, len(batches))))
+    for idx in length_ordered_batches(batches, batch_size):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batches(idx).items()}
         sums, _ = completion_logps(model, batch)
         chosen, rejected = sums.double().cpu().chunk(2)
@@ -161,8 +162,11 @@ def reference_cache_path(config: DPOConfig, examples: list[dict], tokenizer) -> 
     from posttrain.models.embedded import posttrain_home
 
     rows = [{"p": e["prompt_ids"], "c": e["chosen_ids"], "r": e["rejected_ids"]} for e in examples]
+    # batch_size and share_prompts decide the batches' padding and layout, so the float rounding:
+    # with them in the key, step-0 evaluation reproduces the cached values exactly (h = 0).
     settings = {"model": model_fingerprint(config.model), "dtype": config.dtype, "template": config.template,
-                "max_length": config.max_length, "max_prompt_length": config.max_prompt_length, "version": 1}
+                "max_length": config.max_length, "max_prompt_length": config.max_prompt_length,
+                "batch_size": config.batch_size, "share_prompts": config.share_prompts, "version": 2}
     return posttrain_home() / "reference_logps" / f"{content_key(rows, tokenizer, settings)}.pt"
 
 

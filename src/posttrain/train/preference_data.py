@@ -250,17 +250,24 @@ def pair_count(batch: dict) -> float:
     return float(batch["num_pairs"])
 
 
+def length_ordered_batches(batches: PairBatches, batch_size: int) -> list[list[int]]:
+    """Pair indices in batches of similar length (shortest first): less padding for no-grad
+    passes. The reference precompute and the held-out evaluation use the same batches, so at
+    step 0 (policy = reference) every implicit reward is exactly 0, not 0 up to padding-dependent
+    rounding."""
+    lengths = pair_lengths(batches.examples)
+    order = sorted(range(len(batches)), key=lambda i: lengths[i])
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
 def evaluate_pairs(model, batches: PairBatches, step, batch_size: int) -> dict:
     """Held-out metrics of a pair ``step`` (loss = numerator / pairs, every metric weighted by pairs)."""
     device = next(model.parameters()).device
     totals: dict[str, float] = {}
     n = 0
-    # Batches of similar length pad less; the result is a weighted mean, so order does not matter.
-    lengths = pair_lengths(batches.examples)
-    order = sorted(range(len(batches)), key=lambda i: lengths[i])
-    for start in range(0, len(order), batch_size):
-        batch = batches(order[start:start + batch_size])
+    for indices in length_ordered_batches(batches, batch_size):  # weighted means: order-free
+        batch = batches(indices)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         numerator, metrics = step(model, batch)
         k = batch["num_pairs"]
