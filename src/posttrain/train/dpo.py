@@ -257,6 +257,7 @@ def run_dpo(config: DPOConfig, command: str = "posttrain dpo") -> dict:
     from posttrain.data import mix_sources
     from posttrain.train.common import load_policy, log, prepare_run
     from posttrain.train.engine import Engine
+    from posttrain.train.layout import prompt_sharing
     from posttrain.train.preference_data import PairBatches, evaluate_pairs, pair_count, pair_lengths, tokenize_pairs
 
     # --- run folder, policy, tokenizer
@@ -276,8 +277,7 @@ def run_dpo(config: DPOConfig, command: str = "posttrain dpo") -> dict:
                                                 config.max_length, config.max_prompt_length, "eval_data",
                                                 config.skip_invalid_rows)
         log(f"[bold]dpo[/] held out: {eval_stats.summary()}", main)
-    # Sharing runs two forwards per backward; under DDP that is untested, so one process only.
-    share = config.share_prompts and engine.world == 1
+    share = prompt_sharing(config.share_prompts, engine.world)
     batches = PairBatches(pairs, tokenizer.pad_token_id, share_prompts=share)
     eval_batches = PairBatches(eval_pairs, tokenizer.pad_token_id, share_prompts=share)
 

@@ -8,15 +8,14 @@ Shared prompts: when several rows continue the same prompt (a GRPO group of k sa
 pair's chosen and rejected responses), the prompt's keys and values are computed once and copied
 to each row (``DynamicCache.batch_select_indices``, an index on the batch dimension, so autograd
 sums the rows' gradients back into the one prompt pass). Every row's computation is unchanged; only
-repeated work is dropped. Used by the RL trainer (``share_prompts``) and DPO
-(``share_prompts``).
+repeated work is dropped. Used by the RL trainers, DPO and reward models (``share_prompts``).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["forward_inputs", "prompt_runs", "shared_prompt_cache", "continue_from_cache", "shared_prefix_logits",
+__all__ = ["forward_inputs", "prompt_sharing", "prompt_runs", "shared_prompt_cache", "continue_from_cache", "shared_prefix_logits",
            "completion_logits", "gather_logps"]
 
 
@@ -47,6 +46,12 @@ def forward_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor | N
         out = {k: v.to(device) for k, v in out.items()}
     out["prompt_length"] = P
     return out
+
+
+def prompt_sharing(enabled: bool, processes: int) -> bool:
+    """Whether a trainer shares prompts: sharing runs two forwards per backward, which is untested
+    under DDP, so it is used in one process only."""
+    return enabled and processes == 1
 
 
 def prompt_runs(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:

@@ -197,9 +197,9 @@ class PairBatches:
     """Collate pair indices into one concatenated batch: chosen rows first, then rejected rows.
 
     Right padding with ``pad_id``; ``attention_mask`` marks real tokens; ``labels`` carry the
-    response tokens only. The same rows also come as ``prompts`` (B token lists) and
-    ``response_ids`` / ``response_mask`` (2B, R) for forwards that run each prompt once. Extra per-pair tensors (e.g. precomputed reference log-probs) can be
-    attached with ``extras={"name": tensor of shape (N, …)}``; they are indexed per batch.
+    response tokens only. With ``share_prompts`` the same rows also come as ``prompts`` (B token
+    lists) and ``response_ids`` / ``response_mask`` (2B, R) for forwards that run each prompt
+    once. Extra per-pair tensors (e.g. precomputed reference log-probs) can be attached with ``extras={"name": tensor of shape (N, …)}``; they are indexed per batch.
     """
 
     def __init__(self, examples: list[dict], pad_id: int, extras: dict[str, torch.Tensor] | None = None,
@@ -209,6 +209,17 @@ class PairBatches:
 
     def __len__(self):
         return len(self.examples)
+
+    def _shared_layout(self, pairs: list[dict]) -> dict:
+        """The same rows as (prompt, response) for a shared-prompt forward (``train/layout.py``):
+        each pair's prompt once, the 2B responses (chosen, then rejected) right-padded."""
+        responses = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
+        lengths = torch.tensor([len(r) for r in responses])
+        response_ids = torch.full((len(responses), int(lengths.max())), self.pad_id, dtype=torch.long)
+        for r, response in enumerate(responses):
+            response_ids[r, :len(response)] = torch.tensor(list(response), dtype=torch.long)
+        return {"prompts": [list(p["prompt_ids"]) for p in pairs], "pad_id": self.pad_id, "response_ids": response_ids,
+                "response_mask": torch.arange(response_ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)}
 
     def __call__(self, indices: list[int]) -> dict:
         pairs = [self.examples[i] for i in indices]
@@ -222,18 +233,11 @@ class PairBatches:
             ids[r, : n + m] = torch.tensor(list(prompt) + list(response), dtype=torch.long)
             labels[r, n: n + m] = torch.tensor(list(response), dtype=torch.long)
             mask[r, : n + m] = 1
-        # The same rows as (prompt, response) for a shared-prompt forward (``train/layout.py``):
-        # each pair's prompt once, the 2B responses right-padded.
-        responses = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
-        response_ids = torch.full((len(seqs), max(len(r) for r in responses)), self.pad_id, dtype=torch.long)
-        for r, response in enumerate(responses):
-            response_ids[r, :len(response)] = torch.tensor(list(response), dtype=torch.long)
         batch = {"input_ids": ids, "attention_mask": mask, "labels": labels,
                  "margin": torch.tensor([p["margin"] for p in pairs], dtype=torch.float32),
-                 "num_pairs": len(pairs), "prompts": [list(p["prompt_ids"]) for p in pairs], "pad_id": self.pad_id,
-                 "share_prompts": self.share_prompts,
-                 "response_ids": response_ids,
-                 "response_mask": torch.tensor([[t < len(r) for t in range(response_ids.shape[1])] for r in responses])}
+                 "num_pairs": len(pairs), "share_prompts": self.share_prompts}
+        if self.share_prompts:
+            batch.update(self._shared_layout(pairs))
         index = torch.tensor(indices, dtype=torch.long)
         for name, values in self.extras.items():
             batch[name] = values[index]

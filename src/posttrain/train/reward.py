@@ -127,6 +127,7 @@ def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
     from posttrain.rewards.reward_model import freeze_lower_layers, load_reward_model
     from posttrain.train.common import log, prepare_run
     from posttrain.train.engine import Engine
+    from posttrain.train.layout import prompt_sharing
     from posttrain.train.preference_data import PairBatches, evaluate_pairs, pair_count, pair_lengths, tokenize_pairs
 
     # --- run folder, reward model (one-label classifier, distinct pad token), tokenizer
@@ -147,8 +148,7 @@ def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
     pairs, stats = tokenize_pairs(mix_sources(config.data, seed=config.seed), tokenizer, config.max_length,
                                   config.max_prompt_length, "data", config.skip_invalid_rows, kind="reward")
     log(f"[bold]reward[/] {stats.summary()}", main)
-    # Sharing needs a decoder (a KV cache) and runs two forwards per backward: one process only.
-    share = config.share_prompts and engine.world == 1 and hasattr(model, "score")
+    share = prompt_sharing(config.share_prompts, engine.world) and hasattr(model, "score")  # decoders only
     batches = PairBatches(pairs, tokenizer.pad_token_id, share_prompts=share)
     step = reward_step(config)
     eval_fn = None

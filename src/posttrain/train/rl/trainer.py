@@ -50,6 +50,7 @@ from posttrain.losses.policy import (apply_action_mask, clipped_policy_loss, ent
 from posttrain.rewards.compose import build_reward
 from posttrain.train.common import load_policy, log, prepare_run
 from posttrain.train.engine import Engine, TrainingError, _Progress
+from posttrain.train.layout import prompt_sharing
 from posttrain.train.rl.algorithms import ALGORITHMS, ValueModel
 from posttrain.train.rl.config import RLConfig
 from posttrain.train.rl.rollout import Rollout, TopPActionMask, completion_logits, forward_inputs, gather_logps, \
@@ -217,8 +218,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
         else FixedKLController(config.beta)
     rl_state = RLState(kl_controller, value)
     single_update = update_gives_old_logps(config)
-    # Prompt sharing runs two forwards per backward; under DDP that is untested, so one process only.
-    share = config.share_prompts and engine.world == 1
+    share = prompt_sharing(config.share_prompts, engine.world)
     backend = make_backend(config.rollout_backend, policy, tokenizer, model_path=resolve_model_path(config.model),
                            batch_size=max(config.batch_size, config.prompts_per_step * config.group_size),
                            share_prompts=share)
