@@ -86,8 +86,8 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tiny_model_dir, 
 
     original = sft_mod.sft_step
 
-    def nan_after_three(reduction):
-        step = original(reduction)
+    def nan_after_three(reduction, chunked_loss=True):
+        step = original(reduction, chunked_loss)
         calls = {"n": 0}
 
         def wrapped(model, batch):

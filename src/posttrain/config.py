@@ -248,6 +248,9 @@ class SFTConfig(TrainingOptions):
     packing: bool = opt(True, "padding-free packing of several conversations per row", "Data")
     loss_reduction: str = opt("sum", "sum (TÜLU 3), token_mean or sequence_mean; each invariant to "
                               "gradient accumulation and process count", "Optimization")
+    chunked_loss: bool = opt(True, "run the LM head only on trained tokens, in chunks, with its gradient "
+                             "in the same pass: no full-vocabulary logits (plain path when the head is "
+                             "not a bias-free linear layer)", "Optimization")
 
     def validate(self):
         super().validate()

@@ -31,20 +31,27 @@ def token_nll(logits_BTV: torch.Tensor, labels_BT: torch.Tensor) -> tuple[torch.
     return nll * mask, mask
 
 
+def sft_token_weights(mask_BT: torch.Tensor, seq_ids_BT: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    """Per-token weights whose weighted NLL sum is the micro-batch numerator of the table above:
+    1 on trained tokens for ``sum`` and ``token_mean``; 1 / (trained tokens in the token's sequence)
+    for ``sequence_mean``; 0 elsewhere."""
+    if reduction in ("sum", "token_mean"):
+        return mask_BT.float()
+    if reduction == "sequence_mean":
+        _, inverse = torch.unique(seq_ids_BT[mask_BT], return_inverse=True)
+        n = int(inverse.max()) + 1 if inverse.numel() else 0
+        counts = torch.zeros(n, device=mask_BT.device).index_add(0, inverse, torch.ones(inverse.shape,
+                                                                                        device=mask_BT.device))
+        weights = torch.zeros(mask_BT.shape, device=mask_BT.device)
+        weights[mask_BT] = 1.0 / counts[inverse]
+        return weights
+    raise ValueError(f"unknown loss reduction {reduction!r}; choose sum, token_mean or sequence_mean")
+
+
 def sft_numerator(nll_BT: torch.Tensor, mask_BT: torch.Tensor, seq_ids_BT: torch.Tensor | None,
                   reduction: str) -> torch.Tensor:
     """The micro-batch numerator of the table above (``seq_ids`` aligned with ``nll``)."""
-    if reduction in ("sum", "token_mean"):
-        return nll_BT.sum()
-    if reduction == "sequence_mean":
-        ids = seq_ids_BT[mask_BT]
-        _, inverse = torch.unique(ids, return_inverse=True)
-        n = int(inverse.max()) + 1 if inverse.numel() else 0
-        sums = torch.zeros(n, dtype=nll_BT.dtype, device=nll_BT.device).index_add(0, inverse, nll_BT[mask_BT])
-        counts = torch.zeros(n, dtype=nll_BT.dtype, device=nll_BT.device).index_add(
-            0, inverse, torch.ones_like(nll_BT[mask_BT]))
-        return (sums / counts).sum()
-    raise ValueError(f"unknown loss reduction {reduction!r}; choose sum, token_mean or sequence_mean")
+    return (nll_BT * sft_token_weights(mask_BT, seq_ids_BT, reduction).to(nll_BT.dtype)).sum()
 
 
 def sft_normalizer(labels_BT: torch.Tensor, seq_ids_BT: torch.Tensor | None, reduction: str) -> float | None:

@@ -18,9 +18,11 @@ from posttrain.data import collate_packed, collate_padded, encode_conversation, 
     validate_rows
 from posttrain.data.cache import cached_tokenize
 from posttrain.data.packing import sequence_ids
-from posttrain.losses.sft import sft_normalizer, sft_numerator, token_nll
+from posttrain.losses.linear_ce import linear_cross_entropy
+from posttrain.losses.sft import IGNORE_INDEX, sft_normalizer, sft_token_weights, token_nll
 from posttrain.train.common import load_policy, log, prepare_run
 from posttrain.train.engine import Engine
+from posttrain.train.lm_head import chunkable_head, final_hidden_states
 
 
 def tokenize_sft(rows: list[dict], tokenizer, max_length: int, source: str) -> tuple[list[dict], int]:
@@ -52,13 +54,23 @@ class SFTBatches:
         return collate_padded([self.examples[self.rows[u][0]] for u in unit_indices], self.pad_id)
 
 
-def sft_step(reduction: str):
+def sft_step(reduction: str, chunked_loss: bool = True):
+    """The engine's step: (numerator, metrics). With ``chunked_loss`` (and a plain linear head) the
+    head runs only on trained positions, in chunks (``losses/linear_ce.py``); else on full logits."""
+
     def step(model, batch):
         inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
-        logits = model(**inputs, use_cache=False).logits
-        nll, mask = token_nll(logits, batch["labels"])
-        seq = sequence_ids(batch)[:, 1:]
-        numerator = sft_numerator(nll, mask, seq, reduction)
+        labels = batch["labels"]
+        mask = labels[:, 1:] != IGNORE_INDEX
+        weights = sft_token_weights(mask, sequence_ids(batch)[:, 1:], reduction)
+        head = chunkable_head(model) if chunked_loss else None
+        if head is not None:
+            decoder, head_weight = head
+            hidden = final_hidden_states(model, decoder, inputs)[:, :-1]
+            numerator, nll = linear_cross_entropy(hidden[mask], head_weight, labels[:, 1:][mask], weights[mask])
+        else:
+            nll, _ = token_nll(model(**inputs, use_cache=False).logits, labels)
+            numerator = (nll * weights).sum()
         tokens = mask.sum().clamp_min(1)
         return numerator, {"token_nll": float(nll.sum().detach() / tokens), "trained_tokens": float(tokens)}
 
@@ -104,7 +116,7 @@ def run_sft(config: SFTConfig, command: str = "posttrain sft"):
         eval_fn = lambda m: heldout_loss(m, eval_batches, config.batch_size)  # noqa: E731
 
     # --- train
-    last = engine.fit(len(batches), batches, sft_step(config.loss_reduction),
+    last = engine.fit(len(batches), batches, sft_step(config.loss_reduction, config.chunked_loss),
                       normalizer_fn=sft_normalizer_fn(config.loss_reduction), eval_fn=eval_fn, description="sft")
     out = engine.save_final()
     if main:

@@ -1,0 +1,63 @@
+"""Reaching past a causal LM's head: the final hidden states and the head's weight, so a loss can
+run the head itself (``losses/linear_ce.py``) on the positions it needs instead of taking the
+model's full ``(B, T, V)`` logits.
+
+The forward still goes through the top-level model — so DDP's gradient hooks, accelerate's
+autocast wrapper and peft adapters all stay in play — with ``logits_to_keep=1`` (the head runs on
+one position per row); a forward hook on the decoder hands back its output, the hidden states
+after the final norm, which is exactly what the head would have read.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+# Config attributes of models whose head does more than a bias-free matmul (Gemma 2/3 soft-capping,
+# Cohere's logit scale, Granite's logit divisor): those keep the plain path.
+_HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _causal_lm(model):
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):   # DDP, accelerate
+        model = model.module
+    if hasattr(model, "get_base_model"):                                            # peft
+        model = model.get_base_model()
+    return model
+
+
+def chunkable_head(model) -> tuple[torch.nn.Module, torch.nn.Parameter] | None:
+    """(decoder, head weight) when the head is a plain bias-free linear layer we may run ourselves,
+    else None (the caller keeps the plain path)."""
+    lm = _causal_lm(model)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    decoder = getattr(lm, getattr(lm, "base_model_prefix", ""), None)
+    if type(head) is not torch.nn.Linear or head.bias is not None or not isinstance(decoder, torch.nn.Module):
+        return None
+    config = getattr(lm, "config", None)
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _HEAD_TRANSFORMS):
+        return None
+    weight = head.weight
+    # Sharded weights (FSDP DTensor, DeepSpeed ZeRO-3) are only whole inside the head's own forward.
+    if hasattr(weight, "ds_id") or type(weight.data).__name__ == "DTensor":
+        return None
+    if "logits_to_keep" not in inspect.signature(type(lm).forward).parameters:
+        return None
+    return decoder, weight
+
+
+def final_hidden_states(model, decoder: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    """The decoder's output ``(B, T, H)`` for ``inputs``, from a top-level forward that runs the head
+    on one position only."""
+    captured = {}
+
+    def keep(_module, _args, output):
+        captured["hidden"] = output[0]
+
+    handle = decoder.register_forward_hook(keep)
+    try:
+        model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured["hidden"]
