@@ -99,3 +99,19 @@ def test_heads_that_transform_their_logits_keep_the_plain_path(tokenizer):
     model.config.final_logit_softcapping = None
     model.lm_head = torch.nn.Linear(64, model.config.vocab_size, bias=True)
     assert chunkable_head(model) is None
+
+
+def test_heldout_loss_is_the_same_with_the_chunked_head(tokenizer):
+    from conftest import build_tiny_model
+
+    from posttrain.data import encode_conversation
+    from posttrain.train.sft import SFTBatches, heldout_loss
+
+    convs = [[{"role": "user", "content": f"{a} times {b}?"}, {"role": "assistant", "content": f"{a * b}"}]
+             for a, b in [(2, 3), (11, 12), (9, 9)]]
+    batches = SFTBatches([encode_conversation(tokenizer, c, max_length=64) for c in convs], tokenizer.pad_token_id,
+                         64, packing=False)
+    model = build_tiny_model(tokenizer).eval()
+    plain = heldout_loss(model, batches, 2, chunked=False)["loss"]
+    assert plain > 1.0   # a random model: close to ln(vocab) per token
+    assert heldout_loss(model, batches, 2, chunked=True)["loss"] == pytest.approx(plain, rel=1e-5)

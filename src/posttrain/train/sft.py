@@ -54,23 +54,29 @@ class SFTBatches:
         return collate_padded([self.examples[self.rows[u][0]] for u in unit_indices], self.pad_id)
 
 
+def weighted_token_nll(model, batch: dict, weights_BT: torch.Tensor, chunked: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ weight · NLL over the batch's trained tokens, their NLLs). With ``chunked`` (and a plain
+    linear head) the head runs only on trained positions, in chunks (``losses/linear_ce.py``); else
+    on the full logits."""
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    labels = batch["labels"]
+    mask = labels[:, 1:] != IGNORE_INDEX
+    head = chunkable_head(model) if chunked else None
+    if head is not None:
+        decoder, head_weight = head
+        hidden = final_hidden_states(model, decoder, inputs)[:, :-1]
+        return linear_cross_entropy(hidden[mask], head_weight, labels[:, 1:][mask], weights_BT[mask])
+    nll, _ = token_nll(model(**inputs, use_cache=False).logits, labels)
+    return (nll * weights_BT).sum(), nll[mask]
+
+
 def sft_step(reduction: str, chunked_loss: bool = True):
-    """The engine's step: (numerator, metrics). With ``chunked_loss`` (and a plain linear head) the
-    head runs only on trained positions, in chunks (``losses/linear_ce.py``); else on full logits."""
+    """The engine's step: (numerator, metrics), numerator as in ``losses/sft.py``."""
 
     def step(model, batch):
-        inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
-        labels = batch["labels"]
-        mask = labels[:, 1:] != IGNORE_INDEX
+        mask = batch["labels"][:, 1:] != IGNORE_INDEX
         weights = sft_token_weights(mask, sequence_ids(batch)[:, 1:], reduction)
-        head = chunkable_head(model) if chunked_loss else None
-        if head is not None:
-            decoder, head_weight = head
-            hidden = final_hidden_states(model, decoder, inputs)[:, :-1]
-            numerator, nll = linear_cross_entropy(hidden[mask], head_weight, labels[:, 1:][mask], weights[mask])
-        else:
-            nll, _ = token_nll(model(**inputs, use_cache=False).logits, labels)
-            numerator = (nll * weights).sum()
+        numerator, nll = weighted_token_nll(model, batch, weights, chunked_loss)
         tokens = mask.sum().clamp_min(1)
         return numerator, {"token_nll": float(nll.sum().detach() / tokens), "trained_tokens": float(tokens)}
 
@@ -82,14 +88,14 @@ def sft_normalizer_fn(reduction: str):
 
 
 @torch.no_grad()
-def heldout_loss(model, batches: SFTBatches, batch_size: int) -> dict:
+def heldout_loss(model, batches: SFTBatches, batch_size: int, chunked: bool = True) -> dict:
     """Mean per-token NLL on held-out conversations."""
     total, count = 0.0, 0
     for start in range(0, len(batches), batch_size):
         batch = batches(list(range(start, min(start + batch_size, len(batches)))))
         batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
-        inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
-        nll, mask = token_nll(model(**inputs, use_cache=False).logits, batch["labels"])
+        mask = (batch["labels"][:, 1:] != IGNORE_INDEX).float()
+        _, nll = weighted_token_nll(model, batch, mask, chunked)
         total += float(nll.sum())
         count += int(mask.sum())
     return {"loss": total / max(count, 1)}
@@ -113,7 +119,7 @@ def run_sft(config: SFTConfig, command: str = "posttrain sft"):
         eval_rows = mix_sources(config.eval_data, seed=config.seed)
         eval_examples, _ = tokenize_sft(eval_rows, tokenizer, config.max_length, source="eval_data")
         eval_batches = SFTBatches(eval_examples, tokenizer.pad_token_id, config.max_length, config.packing)
-        eval_fn = lambda m: heldout_loss(m, eval_batches, config.batch_size)  # noqa: E731
+        eval_fn = lambda m: heldout_loss(m, eval_batches, config.batch_size, config.chunked_loss)  # noqa: E731
 
     # --- train
     last = engine.fit(len(batches), batches, sft_step(config.loss_reduction, config.chunked_loss),
