@@ -31,6 +31,7 @@ import gc
 import json
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -138,6 +139,17 @@ def trl_clock():
     return Clock()
 
 
+def run_ours(run, config_class, name: str, model_dir: str, overrides: list[str], key: str = "elapsed_s"):
+    """Run one of our trainers on the shared settings; (seconds per timed step, memory side)."""
+    from posttrain.config import load_config
+
+    with Side() as side:
+        run(load_config(config_class, overrides=[
+            f"model={model_dir}", f"out={work / name}", f"max_steps={args.warmup + args.steps}",
+            f"mixed_precision={PRECISION}", "progress=false", "resume=false", *overrides]))
+    return timed(step_times_from_metrics(work / name, key)), side
+
+
 def timed(seconds: list[float]) -> float:
     """Mean seconds per step after the warm-up steps."""
     kept = seconds[args.warmup - 1:] if args.warmup > 1 else seconds
@@ -154,15 +166,12 @@ def bench_sft(model_dir, tokenizer) -> dict:
     tokens_per_step = SFT_BATCH * SFT_ROW * 0.98   # bfd packing fills rows to ~98 % (both sides pack the same rows)
     results = {}
     if "posttrain" in args.sides:
-        from posttrain.config import SFTConfig, load_config
+        from posttrain.config import SFTConfig
         from posttrain.train.sft import run_sft
 
-        with Side() as side:
-            run_sft(load_config(SFTConfig, overrides=[
-                f"model={model_dir}", f"out={work / 'sft-ours'}", f"data=[{data}]", f"max_steps={steps}",
-                f"batch_size={SFT_BATCH}", f"max_length={SFT_ROW}", f"mixed_precision={PRECISION}",
-                "loss_reduction=token_mean", "warmup_ratio=0", "progress=false", "resume=false"]))
-        results["posttrain"] = (timed(step_times_from_metrics(work / "sft-ours")), side)
+        results["posttrain"] = run_ours(run_sft, SFTConfig, "sft-ours", model_dir, [
+            f"data=[{data}]", f"batch_size={SFT_BATCH}", f"max_length={SFT_ROW}", "loss_reduction=token_mean",
+            "warmup_ratio=0"])
     if "trl" in args.sides:
         from datasets import load_dataset
         from transformers import AutoModelForCausalLM
@@ -192,16 +201,11 @@ def bench_dpo(model_dir, tokenizer) -> dict:
     length = DPO_PROMPT + DPO_RESPONSE
     results = {}
     if "posttrain" in args.sides:
-        from posttrain.config import load_config
         from posttrain.train.dpo import DPOConfig, run_dpo
 
-        with Side() as side:
-            run_dpo(load_config(DPOConfig, overrides=[
-                f"model={model_dir}", f"out={work / 'dpo-ours'}", f"data=[{data}]", "eval_data=[]",
-                f"max_steps={steps}", f"batch_size={DPO_BATCH}", f"max_length={length}",
-                f"max_prompt_length={DPO_PROMPT}", f"mixed_precision={PRECISION}", "reference=copy",
-                "beta=0.1", "learning_rate=5e-7", "warmup_ratio=0", "progress=false", "resume=false"]))
-        results["posttrain"] = (timed(step_times_from_metrics(work / "dpo-ours")), side)
+        results["posttrain"] = run_ours(run_dpo, DPOConfig, "dpo-ours", model_dir, [
+            f"data=[{data}]", "eval_data=[]", f"batch_size={DPO_BATCH}", f"max_length={length}",
+            f"max_prompt_length={DPO_PROMPT}", "reference=copy", "beta=0.1", "learning_rate=5e-7", "warmup_ratio=0"])
     if "trl" in args.sides:
         from datasets import load_dataset
         from transformers import AutoModelForCausalLM
@@ -233,19 +237,14 @@ def bench_grpo(model_dir, tokenizer) -> dict:
     steps = args.warmup + args.steps
     results = {}
     if "posttrain" in args.sides:
-        from posttrain.config import load_config
         from posttrain.train.rl.config import GRPOConfig
         from posttrain.train.rl.trainer import run_rl
 
-        with Side() as side:
-            run_rl(load_config(GRPOConfig, overrides=[
-                f"model={model_dir}", f"out={work / 'grpo-ours'}", f"data=[{data}]", "eval_data=[]",
-                f"max_steps={steps}", f"prompts_per_step={GRPO_PROMPTS}", f"group_size={GRPO_GROUP}",
-                f"max_new_tokens={GRPO_TOKENS}", f"batch_size={min(16, GRPO_PROMPTS * GRPO_GROUP)}",
-                "reward=[{function: '__main__:length_reward'}]", "beta=0", "temperature=1.0",
-                f"mixed_precision={PRECISION}", "filter_zero_variance_groups=false", "save_samples=0",
-                "progress=false", "resume=false"]))
-        results["posttrain"] = (timed(step_times_from_metrics(work / "grpo-ours", "step_seconds")), side)
+        results["posttrain"] = run_ours(run_rl, GRPOConfig, "grpo-ours", model_dir, [
+            f"data=[{data}]", "eval_data=[]", f"prompts_per_step={GRPO_PROMPTS}", f"group_size={GRPO_GROUP}",
+            f"max_new_tokens={GRPO_TOKENS}", f"batch_size={min(16, GRPO_PROMPTS * GRPO_GROUP)}",
+            "reward=[{function: '__main__:length_reward'}]", "beta=0", "temperature=1.0",
+            "filter_zero_variance_groups=false", "save_samples=0"], key="step_seconds")
     if "trl" in args.sides:
         from datasets import Dataset
         from transformers import AutoModelForCausalLM
@@ -291,4 +290,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
