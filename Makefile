@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-test demo test test-fast bench clean
+.PHONY: install install-test demo test test-fast test-experiments bench clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,14 @@ demo: install
 	$(VENV)/bin/posttrain recipe run tulu3-mini --out runs/tulu3-mini
 
 test: install-test
-	$(PY) -m pytest -q -ra --durations=15
+	$(PY) -m pytest -q -ra --durations=15 -m "not experiment"
 
 test-fast: install-test
-	$(PY) -m pytest -q -ra -m "not slow"
+	$(PY) -m pytest -q -ra -m "not slow and not experiment"
+
+# Acceptance experiments from the issues (tens of minutes each on CPU): run by hand, not in CI.
+test-experiments: install-test
+	$(PY) -m pytest -q -ra -s -m experiment
 
 clean:
 	rm -rf $(VENV) runs
