@@ -163,3 +163,10 @@ def test_engine_steps_follow_the_length_grouped_order(tmp_path):
     assert sorted(i for s in seen[True] for i in s) == list(range(8))
     # grouped: each step pairs two short or two long rows
     assert all((lengths[a] > 50) == (lengths[b] > 50) for a, b in seen[True])
+
+
+def test_report_running_mean_averages_the_last_window_values():
+    from posttrain.reports.training import running_mean
+
+    assert running_mean([1.0, 2.0, 3.0, 4.0, 10.0], 2) == [1.0, 1.5, 2.5, 3.5, 7.0]
+    assert running_mean([4.0, 0.0, 2.0], 5) == [4.0, 2.0, 2.0]

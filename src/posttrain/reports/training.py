@@ -17,6 +17,17 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def running_mean(values: list[float], window: int) -> list[float]:
+    """Mean of the last ``window`` values at each point (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_curves(records: list[dict], out_png: Path, keys: list[tuple[str, str]] = CURVES) -> list[str]:
     """One panel per metric present; returns the metric names plotted."""
     import matplotlib
@@ -30,7 +41,14 @@ def plot_curves(records: list[dict], out_png: Path, keys: list[tuple[str, str]] 
     fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.2), squeeze=False)
     for ax, (key, title) in zip(axes[0], present):
         points = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if len(points) < 30 else None, ms=3)
+        steps, values = [p[0] for p in points], [p[1] for p in points]
+        if len(points) < 30:
+            ax.plot(steps, values, marker="o", ms=3)
+        else:   # per-step values of small batches are noisy: show them faintly under a running mean
+            window = max(5, len(points) // 20)
+            ax.plot(steps, values, alpha=0.3, lw=0.8)
+            ax.plot(steps, running_mean(values, window), color="C0", lw=1.8, label=f"mean of {window} steps")
+            ax.legend(fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
