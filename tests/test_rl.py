@@ -367,3 +367,21 @@ def test_config_validation():
         load_config(GRPOConfig, overrides=["algorithm=ppo"])
     with pytest.raises(ConfigError, match="num_minibatches"):
         load_config(PPOConfig, overrides=["num_minibatches=3"])
+
+
+def test_function_rewards_train_on_bare_prompts_and_verifiers_still_need_answers(tiny_model_dir, tmp_path):
+    """TRL-style data: prompts only, with a reward function (no ground_truth / verifier columns);
+    a verifier component on the same rows is refused with the row and field named."""
+    from posttrain.data.formats import DataError
+    from posttrain.train.rl.trainer import run_rl
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say something about {w}.", "topic": w}) + "\n"
+                               for w in ["cats", "rain", "maps", "tea"]))
+    run_rl(rl_config(GRPOConfig, tiny_model_dir, tmp_path / "bare", max_steps=1, eval_data=[], data=[str(prompts)],
+                     filter_zero_variance_groups=False, temperature=2.0))
+    record = [r for r in read_metrics(tmp_path / "bare") if "reward_mean" in r][0]
+    assert record["reward_mean"] > 0 and record["reward/length_reward"] == pytest.approx(record["reward_mean"])
+    with pytest.raises(DataError, match=r"row 0, field 'ground_truth'.*function / reward_model"):
+        run_rl(rl_config(GRPOConfig, tiny_model_dir, tmp_path / "verified", max_steps=1, eval_data=[],
+                         data=[str(prompts)], reward=[{"verifier": "gsm8k"}]))

@@ -116,8 +116,10 @@ def validate_preference_row(row: dict, source: str, index: int) -> dict:
     return out
 
 
-def validate_rlvr_row(row: dict, source: str, index: int) -> dict:
-    """Normalise to ``{"messages": prompt messages, "ground_truth": ..., "verifier": name}``."""
+def validate_rlvr_row(row: dict, source: str, index: int, needs_answer: bool = True) -> dict:
+    """Normalise to ``{"messages": prompt messages, "ground_truth": ..., "verifier": name}``.
+    With ``needs_answer=False`` (rewards from functions or reward models only) a prompt is enough;
+    ``ground_truth`` and ``verifier`` pass through when present."""
     if row.get("messages") is not None:
         messages = check_messages(row["messages"], source, index)
         if messages[-1]["role"] == "assistant":  # open-instruct rows sometimes carry the answer
@@ -128,8 +130,13 @@ def validate_rlvr_row(row: dict, source: str, index: int) -> dict:
         raise DataError(f"{_where(source, index, 'prompt')}: missing. RLVR rows need 'prompt' or 'messages'")
     if not messages:
         raise DataError(f"{_where(source, index, 'messages')}: no prompt turns")
-    truth = _require(row, "ground_truth", source, index, "RLVR rows need the answer to verify in 'ground_truth'")
     verifier = row.get("verifier", row.get("dataset"))
+    if not needs_answer and row.get("ground_truth") is None and verifier is None:
+        out = {k: v for k, v in row.items() if k not in ("messages", "prompt", "ground_truth", "verifier")}
+        out["messages"] = messages
+        return out
+    truth = _require(row, "ground_truth", source, index, "RLVR rows need the answer to verify in 'ground_truth' "
+                     "(or use only function / reward_model reward components, which need just a prompt)")
     if isinstance(verifier, list):  # open-instruct stores a one-element list
         verifier = verifier[0] if verifier else None
     if isinstance(truth, list) and len(truth) == 1 and not isinstance(truth[0], (dict, list)):
@@ -142,7 +149,13 @@ def validate_rlvr_row(row: dict, source: str, index: int) -> dict:
     return out
 
 
-VALIDATORS = {"sft": validate_sft_row, "preference": validate_preference_row, "rlvr": validate_rlvr_row}
+def validate_rl_prompt_row(row: dict, source: str, index: int) -> dict:
+    """An RL prompt row for rewards that need no answer (functions, reward models)."""
+    return validate_rlvr_row(row, source, index, needs_answer=False)
+
+
+VALIDATORS = {"sft": validate_sft_row, "preference": validate_preference_row, "rlvr": validate_rlvr_row,
+              "rl_prompt": validate_rl_prompt_row}
 
 
 def validate_rows(rows: list[dict], kind: str, source: str) -> list[dict]:

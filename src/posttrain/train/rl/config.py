@@ -27,7 +27,7 @@ class RLConfig(TrainingOptions):
     algorithm: str = opt("grpo", "grpo, rloo, ppo or nlpo (set by the command)", "Algorithm")
     # Data
     data: list[Any] = opt([{"source": "builtin:arithmetic_rlvr", "n": 120}], "training prompts: RLVR rows (prompt or messages, "
-                          "ground_truth, verifier); list of specs or {source, fraction|count} entries", "Data")
+                          "ground_truth, verifier; a prompt alone when no reward component is a verifier); list of specs or {source, fraction|count} entries", "Data")
     eval_data: list[Any] = opt([{"source": "builtin:arithmetic_rlvr:test", "n": 30}], "held-out RLVR rows: greedy accuracy with "
                                "their verifiers every eval_steps and at the end ([] = none)", "Data")
     eval_size: int = opt(64, "held-out rows to evaluate (0 = all)", "Data")

@@ -63,9 +63,11 @@ __all__ = ["run_rl", "load_prompts", "reward_spec", "heldout_accuracy", "RLState
 # Data and reward
 
 
-def load_prompts(sources: list, tokenizer, max_prompt_length: int, seed: int, source: str) -> list[dict]:
-    """Validated RLVR rows with their prompt token ids (``prompt_ids``); too-long prompts dropped."""
-    rows = validate_rows(mix_sources(sources, seed=seed), "rlvr", source)
+def load_prompts(sources: list, tokenizer, max_prompt_length: int, seed: int, source: str,
+                 needs_answer: bool = True) -> list[dict]:
+    """Validated RLVR rows with their prompt token ids (``prompt_ids``); too-long prompts dropped.
+    ``needs_answer=False``: rows may be bare prompts (no verifier component reads them)."""
+    rows = validate_rows(mix_sources(sources, seed=seed), "rlvr" if needs_answer else "rl_prompt", source)
     for row in rows:
         row["prompt_ids"] = encode_prompt(tokenizer, row["messages"])
     return [r for r in rows if len(r["prompt_ids"]) <= max_prompt_length]
@@ -182,7 +184,8 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
     is_ppo = algorithm in ("ppo", "nlpo")
 
     # --- data: RLVR rows with tokenised prompts; held-out rows for greedy accuracy
-    rows = load_prompts(config.data, tokenizer, config.max_prompt_length, config.seed, "data")
+    needs_answer = any("verifier" in entry for entry in config.reward)   # else bare prompts will do
+    rows = load_prompts(config.data, tokenizer, config.max_prompt_length, config.seed, "data", needs_answer)
     if len(rows) < config.prompts_per_step:
         raise TrainingError(f"{len(rows)} prompts for a step of prompts_per_step={config.prompts_per_step}")
     eval_rows = load_prompts(config.eval_data, tokenizer, config.max_prompt_length, config.seed, "eval_data") \
