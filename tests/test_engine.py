@@ -170,3 +170,16 @@ def test_report_running_mean_averages_the_last_window_values():
 
     assert running_mean([1.0, 2.0, 3.0, 4.0, 10.0], 2) == [1.0, 1.5, 2.5, 3.5, 7.0]
     assert running_mean([4.0, 0.0, 2.0], 5) == [4.0, 2.0, 2.0]
+
+
+def test_rl_report_adds_a_reward_vs_kl_panel(tmp_path):
+    from PIL import Image
+
+    from posttrain.reports.training import plot_curves
+
+    records = [{"step": s, "reward_mean": 0.1 * s, "kl": 0.01 * s} for s in range(1, 6)]
+    assert plot_curves(records, tmp_path / "rl.png") == ["reward_mean", "kl"]
+    assert plot_curves([{k: r[k] for k in ("step", "reward_mean")} for r in records], tmp_path / "r.png") == ["reward_mean"]
+    # one 4.2-inch panel per metric at 110 dpi, plus the reward-vs-KL panel when both are logged
+    assert Image.open(tmp_path / "rl.png").size[0] == round(3 * 4.2 * 110)
+    assert Image.open(tmp_path / "r.png").size[0] == round(4.2 * 110)

@@ -38,7 +38,9 @@ def plot_curves(records: list[dict], out_png: Path, keys: list[tuple[str, str]] 
     present = [(k, title) for k, title in keys if any(k in r for r in records)]
     if not present:
         return []
-    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.2), squeeze=False)
+    trade_off = [(r["kl"], r["reward_mean"], r["step"]) for r in records if "kl" in r and "reward_mean" in r]
+    panels = len(present) + (1 if len(trade_off) > 1 else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.2), squeeze=False)
     for ax, (key, title) in zip(axes[0], present):
         points = [(r["step"], r[key]) for r in records if key in r]
         steps, values = [p[0] for p in points], [p[1] for p in points]
@@ -51,6 +53,15 @@ def plot_curves(records: list[dict], out_png: Path, keys: list[tuple[str, str]] 
             ax.legend(fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    if len(trade_off) > 1:   # RL: how much reward each step bought for its distance from the reference
+        ax = axes[0][-1]
+        kls, rewards, steps = zip(*trade_off)
+        dots = ax.scatter(kls, rewards, c=steps, cmap="viridis", s=14)
+        fig.colorbar(dots, ax=ax, label="step")
+        ax.set_title("reward vs. KL")
+        ax.set_xlabel("KL to reference (per token)")
+        ax.set_ylabel("reward")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
