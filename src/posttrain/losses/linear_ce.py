@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from posttrain.losses.sft import IGNORE_INDEX
 
 
 def default_chunk_size(vocab_size: int) -> int:

@@ -3,7 +3,9 @@ named explicitly.
 
 Each reduction returns a *numerator* for the micro-batch; the engine divides the sum of
 numerators over the whole optimizer step (all micro-batches, all processes) by the matching
-global *normalizer*, so the gradient does not change with accumulation steps or process count:
+global *normalizer*, so the gradient does not change with accumulation steps or process count.
+Every numerator is a weighted sum of token losses (``sft_token_weights``), which is what lets the
+chunked head of ``losses/linear_ce.py`` compute its gradient in the forward pass:
 
 | reduction       | numerator (per micro-batch)            | normalizer (global)     |
 |-----------------|----------------------------------------|-------------------------|
@@ -46,12 +48,6 @@ def sft_token_weights(mask_BT: torch.Tensor, seq_ids_BT: torch.Tensor | None, re
         weights[mask_BT] = 1.0 / counts[inverse]
         return weights
     raise ValueError(f"unknown loss reduction {reduction!r}; choose sum, token_mean or sequence_mean")
-
-
-def sft_numerator(nll_BT: torch.Tensor, mask_BT: torch.Tensor, seq_ids_BT: torch.Tensor | None,
-                  reduction: str) -> torch.Tensor:
-    """The micro-batch numerator of the table above (``seq_ids`` aligned with ``nll``)."""
-    return (nll_BT * sft_token_weights(mask_BT, seq_ids_BT, reduction).to(nll_BT.dtype)).sum()
 
 
 def sft_normalizer(labels_BT: torch.Tensor, seq_ids_BT: torch.Tensor | None, reduction: str) -> float | None:

@@ -10,6 +10,7 @@ after the final norm, which is exactly what the head would have read.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -27,6 +28,12 @@ def _causal_lm(model):
     return model
 
 
+@functools.cache
+def _takes_logits_to_keep(model_class: type) -> bool:
+    # Once per class: chunkable_head runs every step.
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
 def chunkable_head(model) -> tuple[torch.nn.Module, torch.nn.Parameter] | None:
     """(decoder, head weight) when the head is a plain bias-free linear layer we may run ourselves,
     else None (the caller keeps the plain path)."""
@@ -42,7 +49,7 @@ def chunkable_head(model) -> tuple[torch.nn.Module, torch.nn.Parameter] | None:
     # Sharded weights (FSDP DTensor, DeepSpeed ZeRO-3) are only whole inside the head's own forward.
     if hasattr(weight, "ds_id") or type(weight.data).__name__ == "DTensor":
         return None
-    if "logits_to_keep" not in inspect.signature(type(lm).forward).parameters:
+    if not _takes_logits_to_keep(type(lm)):
         return None
     return decoder, weight
 
