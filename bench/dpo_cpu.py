@@ -8,7 +8,8 @@ Each side runs ``warmup + timed`` optimizer steps; the timed steps' wall time gi
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python bench/dpo_cpu.py [--warmup 3] [--steps 5]
 
 Prints pairs/s of each and the ratio (ours / TRL), and ours with ``share_prompts=false`` (each
-pair's prompt run twice, as TRL does) to show what prompt sharing contributes. A benchmark, not a test.
+pair's prompt run twice, as TRL does) and with ``chunked_loss=false`` (full-vocabulary logits of
+the responses) to show what each contributes. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -106,11 +107,14 @@ def main():
         print(f"posttrain: {ours:.3f} pairs/s", flush=True)
         plain = bench_ours(data, args.steps, args.warmup, out, "share_prompts=false")
         print(f"posttrain share_prompts=false: {plain:.3f} pairs/s", flush=True)
+        full_logits = bench_ours(data, args.steps, args.warmup, out, "chunked_loss=false")
+        print(f"posttrain chunked_loss=false: {full_logits:.3f} pairs/s", flush=True)
         trl = bench_trl(data, args.steps, args.warmup, out)
     print(f"\nDPO on CPU ({torch.get_num_threads()} threads), SmolLM2-135M, batch {BATCH} pairs, max_length "
           f"{MAX_LENGTH}, reference in memory, {args.warmup} warm-up + {args.steps} timed steps")
     print(f"  posttrain : {ours:6.3f} pairs/s")
     print(f"  posttrain share_prompts=false : {plain:6.3f} pairs/s")
+    print(f"  posttrain chunked_loss=false : {full_logits:6.3f} pairs/s")
     print(f"  TRL 1.16  : {trl:6.3f} pairs/s")
     print(f"  ratio     : {ours / trl:6.2f}x (posttrain / TRL); without prompt sharing {plain / trl:.2f}x")
 

@@ -21,6 +21,7 @@ given for GRPO (generation's FLOPs are not the bottleneck there).
 
     python bench/gpu_throughput.py                      # all three, ~15 min on an H100
     python bench/gpu_throughput.py --only sft,dpo
+    python bench/gpu_throughput.py --only grpo --sides posttrain --ours rollout_cache=static
     python bench/gpu_throughput.py --tiny               # a 2-layer model on CPU: checks the script runs
 """
 
@@ -49,6 +50,8 @@ parser.add_argument("--warmup", type=int, default=2)
 parser.add_argument("--steps", type=int, default=5)
 parser.add_argument("--peak-tflops", type=float, default=989.0)
 parser.add_argument("--tiny", action="store_true", help="tiny model and lengths, CPU allowed: a smoke run")
+parser.add_argument("--ours", default="", help="extra key=value options for posttrain's runs (space separated), "
+                    "e.g. 'rollout_cache=static' or 'chunked_loss=false' to time one fast path against its absence")
 args = parser.parse_args()
 
 GPU = torch.cuda.is_available()
@@ -146,7 +149,7 @@ def run_ours(run, config_class, name: str, model_dir: str, overrides: list[str],
     with Side() as side:
         run(load_config(config_class, overrides=[
             f"model={model_dir}", f"out={work / name}", f"max_steps={args.warmup + args.steps}",
-            f"mixed_precision={PRECISION}", "progress=false", "resume=false", *overrides]))
+            f"mixed_precision={PRECISION}", "progress=false", "resume=false", *overrides, *args.ours.split()]))
     return timed(step_times_from_metrics(work / name, key)), side
 
 

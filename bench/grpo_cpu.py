@@ -5,7 +5,8 @@ tokenizer's chat template), same reward (the ``gsm8k`` verifier), 4 prompts × g
 step, 24 completion tokens, temperature 1, β = 0, one optimizer update per step, full finetune.
 Prints the steady-state steps/s of each (the first step, with its warm-up, is excluded) and the
 ratio, in one run, and ours with ``share_prompts=false`` (every row runs its prompt, as TRL's
-do) to show what prompt sharing contributes. Both sides use the same torch thread count.
+do) and with ``chunked_loss=false`` (full-vocabulary logits of the completions) to show what each
+contributes. Both sides use the same torch thread count.
 
     PYTHONPATH=src .venv/bin/python bench/grpo_cpu.py                 # needs `pip install trl`
     PYTHONPATH=src .venv/bin/python bench/grpo_cpu.py --steps 6 --threads 2
@@ -97,9 +98,11 @@ def run_trl() -> float:
 # --- both, one process
 ours = run_posttrain()
 plain = run_posttrain(share_prompts="false")
+full_logits = run_posttrain(chunked_loss="false")
 theirs = run_trl()
 print(f"posttrain GRPO: {ours:.4f} steps/s ({1 / ours:.1f} s/step)")
 print(f"posttrain GRPO share_prompts=false: {plain:.4f} steps/s ({1 / plain:.1f} s/step)")
+print(f"posttrain GRPO chunked_loss=false: {full_logits:.4f} steps/s ({1 / full_logits:.1f} s/step)")
 print(f"TRL GRPOTrainer: {theirs:.4f} steps/s ({1 / theirs:.1f} s/step)")
 print(f"ratio posttrain / TRL: {ours / theirs:.2f}x  ({PROMPTS} prompts × {GROUP} completions × {LENGTH} tokens, "
       f"{args.threads} threads, {args.steps} measured steps each); without prompt sharing {plain / theirs:.2f}x")

@@ -19,6 +19,54 @@ def test_local_folder_loads(tiny_model_dir):
     assert model.config.hidden_size == 64
 
 
+def test_auto_attention_picks_flash_attention_only_with_the_package_and_a_gpu(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from posttrain.models.loading import resolve_attention
+
+    assert resolve_attention("eager") == "eager"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_attention("auto") == "sdpa"                       # this CPU machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "flash_attn" else real_find_spec(name))
+    assert resolve_attention("auto") == "sdpa"                       # a GPU without flash-attn
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else real_find_spec(name))
+    assert resolve_attention("auto") == "flash_attention_2"
+    with pytest.raises(ConfigError, match="attn_implementation='flash'.*sdpa, eager, flash_attention_2"):
+        load_config(SFTConfig, overrides=["attn_implementation=flash"])
+
+
+def test_packed_rows_give_the_same_loss_with_sdpa_and_eager_attention(tiny_model_dir, tokenizer):
+    """The trainers load the policy with the chosen kernels; packed rows (position ids restarting
+    per conversation, no attention mask) are masked block-diagonally by both."""
+    import torch
+
+    from posttrain.data import collate_packed, encode_conversation, pack_sequences
+    from posttrain.train.common import load_policy
+    from posttrain.train.sft import sft_step
+
+    convs = [[{"role": "user", "content": f"{a} plus {b}?"}, {"role": "assistant", "content": f"{a + b}"}]
+             for a, b in [(1, 2), (30, 4), (7, 70)]]
+    examples = [encode_conversation(tokenizer, c, max_length=128) for c in convs]
+    packed = collate_packed(examples, pack_sequences(examples, 128), tokenizer.pad_token_id)
+    assert packed["input_ids"].shape[0] == 1   # all three in one row
+    losses = {}
+    for kernels in ("sdpa", "eager"):
+        model, _ = load_policy(load_config(SFTConfig, overrides=[f"model={tiny_model_dir}",
+                                                                 f"attn_implementation={kernels}"]))
+        assert model.config._attn_implementation == kernels
+        with torch.no_grad():
+            losses[kernels] = float(sft_step("sum", chunked_loss=False)(model, packed)[0])
+    with torch.no_grad():   # each conversation alone: what the block-diagonal mask must reproduce
+        alone = sum(float(sft_step("sum", chunked_loss=False)(model, collate_packed(examples, [[i]], 2))[0])
+                    for i in range(3))
+    assert losses["sdpa"] == pytest.approx(losses["eager"], rel=1e-5)
+    assert losses["eager"] == pytest.approx(alone, rel=1e-5)
+
+
 def test_config_overrides_types_and_unknown_keys(tmp_path):
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("learning_rate: 1e-4\nbatch_size: 2\n")

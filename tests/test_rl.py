@@ -251,16 +251,16 @@ def test_nlpo_sampler_stays_inside_the_mask(tiny_model_dir):
 def test_single_update_reuses_update_logps_with_the_same_result(tiny_model_dir, tmp_path, monkeypatch):
     """With one update per rollout batch, π_old comes from the update's own forward: one policy
     forward fewer per step, and the same parameters, loss, KL and entropy as the separate pass."""
-    from posttrain.train.rl import rollout, trainer
+    from posttrain.train.rl import trainer
 
     calls = {"n": 0}
-    original = rollout.completion_logits
+    original = trainer.token_logps
 
     def counted(*args, **kwargs):
         calls["n"] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "completion_logits", counted)
+    monkeypatch.setattr(trainer, "token_logps", counted)
     common = dict(eval_data=[], filter_zero_variance_groups=False, temperature=2.0, beta=0.1, max_steps=2)
     runs = {}
     for name, reuse in (("reuse", True), ("separate", False)):
@@ -279,6 +279,29 @@ def test_single_update_reuses_update_logps_with_the_same_result(tiny_model_dir, 
     separate = load_model(str(tmp_path / "separate" / "model")).state_dict()
     for key in reused:
         torch.testing.assert_close(reused[key], separate[key], rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_head_gives_the_plain_runs_trajectory(tiny_model_dir, tmp_path):
+    """The LM head run in chunks on completion tokens (``chunked_loss``, recomputed in backward)
+    against full logits: the same rewards, loss, KL, entropy and final parameters over two steps
+    of two updates each (so the ratio moves off 1 and the clipped surrogate's gradient is used)."""
+    from posttrain.models import load_model
+    from posttrain.train.rl.trainer import run_rl
+
+    common = dict(eval_data=[], filter_zero_variance_groups=False, temperature=1.5, beta=0.1, max_steps=2,
+                  num_minibatches=2, learning_rate=1e-3)
+    runs = {}
+    for chunked in (True, False):
+        run_rl(rl_config(GRPOConfig, tiny_model_dir, tmp_path / str(chunked), chunked_loss=chunked, **common))
+        runs[chunked] = [r for r in read_metrics(tmp_path / str(chunked)) if "reward_mean" in r]
+    assert len(runs[True]) == 2 and runs[True][-1]["kl"] > 0   # the policy moved off the reference
+    for a, b in zip(runs[True], runs[False]):
+        for key in ("loss", "kl", "entropy", "reward_mean", "clip_fraction"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    chunked = load_model(str(tmp_path / "True" / "model")).state_dict()
+    plain = load_model(str(tmp_path / "False" / "model")).state_dict()
+    for key in plain:   # Adam turns a rounding-level gradient into a step near ±lr, hence atol 1e-4 ≈ lr / 10
+        torch.testing.assert_close(chunked[key], plain[key], rtol=1e-4, atol=1e-4)
 
 
 def test_shared_prompt_forward_equals_the_plain_forward_and_its_gradient(tiny_model_dir):

@@ -179,6 +179,7 @@ def config_help(cls) -> str:
 # ---------------------------------------------------------------------------------------------
 
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
+ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 
 @dataclasses.dataclass
@@ -194,6 +195,9 @@ class TrainingOptions:
     dtype: str = opt("float32", "weights dtype: float32, bfloat16, float16, auto", "Model")
     template: str = opt("tokenizer", "chat template: tokenizer (its own), tulu, chatml", "Model")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory", "Model")
+    attn_implementation: str = opt("auto", "attention kernels: auto (flash_attention_2 when flash-attn is "
+                                   "installed and a CUDA GPU is present: variable-length kernels for packed "
+                                   "rows; else sdpa), sdpa, eager, flash_attention_2, flash_attention_3", "Model")
     lora_rank: int = opt(0, "LoRA rank; 0 trains all weights", "Model")
     lora_alpha: int = opt(32, "LoRA alpha", "Model")
     lora_dropout: float = opt(0.05, "LoRA dropout", "Model")
@@ -230,6 +234,9 @@ class TrainingOptions:
             raise ConfigError(f"warmup_ratio={self.warmup_ratio}: must lie in [0, 1)")
         if self.report_to not in ("none", "tensorboard", "wandb"):
             raise ConfigError(f"report_to={self.report_to!r}: choose none, tensorboard or wandb")
+        if self.attn_implementation not in ATTENTION_CHOICES:
+            raise ConfigError(f"attn_implementation={self.attn_implementation!r}: choose one of "
+                              f"{', '.join(ATTENTION_CHOICES)}")
         if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
             raise ConfigError(f"mixed_precision={self.mixed_precision!r}: choose auto, bf16, fp16 or no")
 

@@ -78,10 +78,26 @@ def load_tokenizer(spec: str, template: str | None = None):
     return tokenizer
 
 
+def resolve_attention(choice: str) -> str:
+    """The attention kernels for ``attn_implementation``: ``auto`` is flash-attention 2 when the
+    ``flash_attn`` package and a CUDA GPU are there (its variable-length kernels run packed rows
+    without a block-diagonal mask), else PyTorch's SDPA (transformers builds the block-diagonal
+    mask from the packed ``position_ids``)."""
+    if choice != "auto":
+        return choice
+    import importlib.util
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def load_model(spec: str, dtype: str = "float32", gradient_checkpointing: bool = False,
-               task: str = "causal_lm", num_labels: int = 1, device: str | torch.device | None = None):
+               task: str = "causal_lm", num_labels: int = 1, device: str | torch.device | None = None,
+               attn_implementation: str | None = None):
     """Load a model from a spec. ``task`` is ``causal_lm`` or ``sequence_classification``
-    (a reward model: one label, score read at the last non-pad token)."""
+    (a reward model: one label, score read at the last non-pad token). ``attn_implementation``:
+    see :func:`resolve_attention` (None: transformers' default)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if dtype not in DTYPES and dtype != "auto":
@@ -90,6 +106,8 @@ def load_model(spec: str, dtype: str = "float32", gradient_checkpointing: bool =
     torch_dtype = "auto" if dtype == "auto" else DTYPES[dtype]
     cls = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
     kwargs = {"num_labels": num_labels} if task != "causal_lm" else {}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = resolve_attention(attn_implementation)
     try:
         model = cls.from_pretrained(path, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as e:

@@ -21,7 +21,8 @@ def load_policy(options: TrainingOptions):
     from posttrain.models import apply_lora, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(options.model, template=options.template)
-    model = load_model(options.model, dtype=options.dtype, gradient_checkpointing=options.gradient_checkpointing)
+    model = load_model(options.model, dtype=options.dtype, gradient_checkpointing=options.gradient_checkpointing,
+                       attn_implementation=options.attn_implementation)
     model.config.use_cache = False  # packed rows need no KV cache, and a cache disables packed masking
     if options.lora_rank > 0:
         model = apply_lora(model, rank=options.lora_rank, alpha=options.lora_alpha, dropout=options.lora_dropout,

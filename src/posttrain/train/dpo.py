@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 from pathlib import Path
 from typing import Callable
@@ -65,6 +66,9 @@ class DPOConfig(PreferenceOptions):
     wpo: bool = opt(False, "weight pairs by the policy's probability of producing them (WPO)", "Preference")
     reference: str = opt("precomputed", "precomputed (one cached pass before training), copy (frozen copy in "
                          "memory) or lora_base (adapters disabled; needs lora_rank > 0)", "Preference")
+    chunked_loss: bool = opt(True, "run the LM head only on response tokens, in chunks, recomputing them in "
+                             "backward: no full-vocabulary logits (plain path when the head is not a "
+                             "bias-free linear layer)", "Optimization")
     eval_at_start: bool = opt(True, "evaluate the held-out pairs once before the first step", "Logging")
 
     def validate(self):
@@ -108,28 +112,40 @@ def loss_options(config: DPOConfig) -> dict[str, float]:
 # Log-probs of the responses in a concatenated batch
 
 
-def completion_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logps(model, batch: dict, chunked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(sums_2B, counts_2B): summed log-probs of each row's response tokens and their number.
 
-    ``batch["share_prompts"]`` (``DPOConfig.share_prompts``): each pair's prompt runs once and both responses continue from its KV cache
-    (``train/layout.py``); the prompt's own logits are never computed. Same values up to rounding."""
-    from posttrain.losses.sft import token_nll
-    from posttrain.train.layout import gather_logps, shared_prefix_logits
+    ``batch["share_prompts"]`` (``DPOConfig.share_prompts``): each pair's prompt runs once and both
+    responses continue from its KV cache (``train/layout.py``); the prompt's own logits are never
+    computed. ``chunked`` (``DPOConfig.chunked_loss``): the LM head runs only on response tokens, a
+    chunk at a time (``losses/linear_ce.linear_log_probs``). Same values up to rounding either way."""
+    from posttrain.losses.linear_ce import linear_log_probs
+    from posttrain.losses.sft import IGNORE_INDEX, token_nll
+    from posttrain.train.layout import completion_token_logps
+    from posttrain.train.lm_head import chunkable_head, final_hidden_states
 
     if batch.get("share_prompts"):
-        B = len(batch["prompts"])
         responses, mask = batch["response_ids"], batch["response_mask"]
-        row_index = torch.arange(B).repeat(2)   # chosen rows, then rejected rows
-        logits = shared_prefix_logits(model, batch["prompts"], row_index, responses, batch["pad_id"])
-        logps = gather_logps(logits.float(), responses) * mask
+        prompts = batch["prompts"] * 2   # chosen rows, then rejected rows: each prompt twice
+        logps, _ = completion_token_logps(model, prompts, responses, batch["pad_id"], mask, share_prompts=True,
+                                          chunked=chunked)
         return logps.sum(-1), mask.sum(-1)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    nll_2BT, mask_2BT = token_nll(logits, batch["labels"])
-    return -nll_2BT.sum(-1), mask_2BT.sum(-1)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    head = chunkable_head(model) if chunked else None
+    if head is None:
+        nll_2BT, mask_2BT = token_nll(model(**inputs, use_cache=False).logits, batch["labels"])
+        return -nll_2BT.sum(-1), mask_2BT.sum(-1)
+    decoder, weight = head
+    targets = batch["labels"][:, 1:]
+    mask = targets != IGNORE_INDEX
+    logp_N, _ = linear_log_probs(final_hidden_states(model, decoder, inputs)[:, :-1][mask], weight, targets[mask])
+    row_N = mask.nonzero()[:, 0]
+    sums = torch.zeros(mask.shape[0], dtype=logp_N.dtype, device=logp_N.device).index_add(0, row_N, logp_N)
+    return sums, mask.sum(-1)
 
 
 @torch.no_grad()
-def compute_reference_logps(model, batches, batch_size: int, device) -> torch.Tensor:
+def compute_reference_logps(model, batches, batch_size: int, device, chunked: bool = True) -> torch.Tensor:
     """(N, 2) summed reference log-probs [chosen, rejected] of every pair: one no-grad pass."""
     from posttrain.train.preference_data import length_ordered_batches
 
@@ -138,7 +154,7 @@ def compute_reference_logps(model, batches, batch_size: int, device) -> torch.Te
     out = torch.zeros(len(batches), 2, dtype=torch.float64)
     for idx in length_ordered_batches(batches, batch_size):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batches(idx).items()}
-        sums, _ = completion_logps(model, batch)
+        sums, _ = completion_logps(model, batch, chunked)
         chosen, rejected = sums.double().cpu().chunk(2)
         out[idx, 0], out[idx, 1] = chosen, rejected
     model.train(was_training)
@@ -162,11 +178,12 @@ def reference_cache_path(config: DPOConfig, examples: list[dict], tokenizer) -> 
     from posttrain.models.embedded import posttrain_home
 
     rows = [{"p": e["prompt_ids"], "c": e["chosen_ids"], "r": e["rejected_ids"]} for e in examples]
-    # batch_size and share_prompts decide the batches' padding and layout, so the float rounding:
+    # batch_size, share_prompts and chunked_loss decide the batches' padding and layout, so the float rounding:
     # with them in the key, step-0 evaluation reproduces the cached values exactly (h = 0).
     settings = {"model": model_fingerprint(config.model), "dtype": config.dtype, "template": config.template,
                 "max_length": config.max_length, "max_prompt_length": config.max_prompt_length,
-                "batch_size": config.batch_size, "share_prompts": config.share_prompts, "version": 2}
+                "batch_size": config.batch_size, "share_prompts": config.share_prompts,
+                "chunked_loss": config.chunked_loss, "version": 2}
     return posttrain_home() / "reference_logps" / f"{content_key(rows, tokenizer, settings)}.pt"
 
 
@@ -176,7 +193,8 @@ def precomputed_reference(config, model, batches, tokenizer, engine) -> tuple[to
     hit = path.exists()
     if not hit and engine.is_main:
         model.to(engine.accelerator.device)
-        logps = compute_reference_logps(model, batches, config.batch_size, engine.accelerator.device)
+        logps = compute_reference_logps(model, batches, config.batch_size, engine.accelerator.device,
+                                        config.chunked_loss)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{id(logps)}")
         torch.save(logps, tmp)
@@ -191,22 +209,22 @@ def reference_from_batch(model, batch: dict) -> torch.Tensor:
     return torch.cat([ref_B2[:, 0], ref_B2[:, 1]]).float()
 
 
-def frozen_copy_reference(model, device) -> Reference:
+def frozen_copy_reference(model, device, chunked: bool = True) -> Reference:
     ref = copy.deepcopy(model).to(device).eval()
     ref.requires_grad_(False)
 
     def reference(_policy, batch):
         with torch.no_grad():
-            return completion_logps(ref, batch)[0]
+            return completion_logps(ref, batch, chunked)[0]
 
     return reference
 
 
-def lora_base_reference(policy, batch: dict) -> torch.Tensor:
+def lora_base_reference(policy, batch: dict, chunked: bool = True) -> torch.Tensor:
     """The policy (possibly DDP-wrapped) run with its LoRA adapters disabled."""
     inner = getattr(policy, "module", policy)
     with torch.no_grad(), inner.disable_adapter():
-        return completion_logps(policy, batch)[0]
+        return completion_logps(policy, batch, chunked)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +237,7 @@ def dpo_step(config: DPOConfig, reference: Reference | None):
     options = loss_options(config)
 
     def step(model, batch):
-        sums_2B, counts_2B = completion_logps(model, batch)
+        sums_2B, counts_2B = completion_logps(model, batch, config.chunked_loss)
         counts_2B = counts_2B.clamp_min(1)
         logps_2B = sums_2B / counts_2B if spec.length_normalized else sums_2B
         chosen_B, rejected_B = logps_2B.chunk(2)
@@ -233,17 +251,17 @@ def dpo_step(config: DPOConfig, reference: Reference | None):
             chosen_B, rejected_B, ref_chosen_B, ref_rejected_B, beta=config.beta, loss_type=config.loss_type,
             weights=weights_B, **options)
         mean_chosen_B, mean_rejected_B = (sums_2B.detach() / counts_2B).chunk(2)
-        metrics = {
-            "rewards/chosen": float(chosen_rewards_B.mean()),
-            "rewards/rejected": float(rejected_rewards_B.mean()),
-            "margin": float((chosen_rewards_B - rejected_rewards_B).mean()),
-            "accuracy": float((chosen_rewards_B > rejected_rewards_B).float().mean()),
-            "logps/chosen": float(chosen_B.detach().mean()),
-            "logps/rejected": float(rejected_B.detach().mean()),
-            "logps_accuracy": float((mean_chosen_B > mean_rejected_B).float().mean()),
+        metrics = {   # device tensors: the engine moves a step's metrics to the host in one transfer
+            "rewards/chosen": chosen_rewards_B.detach().mean(),
+            "rewards/rejected": rejected_rewards_B.detach().mean(),
+            "margin": (chosen_rewards_B - rejected_rewards_B).detach().mean(),
+            "accuracy": (chosen_rewards_B > rejected_rewards_B).float().mean(),
+            "logps/chosen": chosen_B.detach().mean(),
+            "logps/rejected": rejected_B.detach().mean(),
+            "logps_accuracy": (mean_chosen_B > mean_rejected_B).float().mean(),
         }
         if weights_B is not None:
-            metrics["wpo_weight"] = float(weights_B.mean())
+            metrics["wpo_weight"] = weights_B.detach().mean()
         return losses_B.sum(), metrics
 
     return step
@@ -294,9 +312,9 @@ def run_dpo(config: DPOConfig, command: str = "posttrain dpo") -> dict:
         reference = reference_from_batch
         log(f"[bold]dpo[/] reference log-probs {'read from the cache' if all(cache_hits) else 'precomputed'}", main)
     elif config.reference == "copy":
-        reference = frozen_copy_reference(model, device)
+        reference = frozen_copy_reference(model, device, config.chunked_loss)
     else:
-        reference = lora_base_reference
+        reference = functools.partial(lora_base_reference, chunked=config.chunked_loss)
     step = dpo_step(config, reference)
 
     # --- evaluation: preference accuracy of the implicit reward on held-out pairs

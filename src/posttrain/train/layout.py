@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import torch
 
+from posttrain.losses.linear_ce import linear_log_probs
+from posttrain.losses.policy import entropy_from_logits
+from posttrain.train.lm_head import capture_final_hidden, chunkable_head
+
 __all__ = ["forward_inputs", "prompt_sharing", "prompt_runs", "shared_prompt_cache", "continue_from_cache", "shared_prefix_logits",
-           "completion_logits", "gather_logps"]
+           "completion_logits", "gather_logps", "completion_token_logps"]
 
 
 def forward_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor | None, pad_id: int,
@@ -55,15 +59,11 @@ def prompt_sharing(enabled: bool, processes: int) -> bool:
 
 
 def prompt_runs(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
-    """Runs of consecutive identical prompts (a group's rows): the distinct prompts, and for each
-    row the index of its prompt among them, (B,) long."""
-    unique: list[list[int]] = []
-    index = []
-    for ids in prompt_ids:
-        if not unique or list(ids) != unique[-1]:
-            unique.append(list(ids))
-        index.append(len(unique) - 1)
-    return unique, torch.tensor(index, dtype=torch.long)
+    """The distinct prompts (in first-seen order: a GRPO group's rows, a DPO pair's chosen and
+    rejected rows), and for each row the index of its prompt among them, (B,) long."""
+    unique: dict[tuple[int, ...], int] = {}
+    index = [unique.setdefault(tuple(ids), len(unique)) for ids in prompt_ids]
+    return [list(ids) for ids in unique], torch.tensor(index, dtype=torch.long)
 
 
 def shared_prompt_cache(model, unique_prompts: list[list[int]], row_index: torch.Tensor, pad_id: int, device,
@@ -86,14 +86,14 @@ def shared_prompt_cache(model, unique_prompts: list[list[int]], row_index: torch
     return out, {k: v[index] for k, v in prompt.items()}
 
 
-def continue_from_cache(model, prompt: dict, cache, continuation_ids: torch.Tensor):
+def continue_from_cache(model, prompt: dict, cache, continuation_ids: torch.Tensor, **forward_kwargs):
     """Run ``continuation_ids`` (B, T) after the rows' cached prompts: token t sits at position
     (real prompt tokens) + t, attending to the prompt's real tokens and the continuation so far."""
     T = continuation_ids.shape[1]
     positions = prompt["position_ids"][:, -1:] + 1 + torch.arange(T, device=continuation_ids.device)
     attention = torch.cat([prompt["attention_mask"], torch.ones_like(continuation_ids)], dim=1)
     return model(input_ids=continuation_ids, attention_mask=attention, position_ids=positions,
-                 past_key_values=cache, use_cache=True)
+                 past_key_values=cache, use_cache=True, **forward_kwargs)
 
 
 def shared_prefix_logits(model, unique_prompts: list[list[int]], row_index: torch.Tensor,
@@ -113,7 +113,7 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: torch.
     """Logits (B, T, V) that predict each completion token, divided by ``temperature`` (the
     sampling temperature, so that log-probs are those of the distribution sampled from).
 
-    ``share_prompts``: consecutive rows with the same prompt (a GRPO group) run it once
+    ``share_prompts``: rows with the same prompt (a GRPO group) run it once
     (:func:`shared_prefix_logits`). Same values as the plain pass up to float rounding, at
     (distinct prompts + B) / B of its prompt cost."""
     T = completion_ids.shape[1]
@@ -133,3 +133,49 @@ def gather_logps(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor) -> torch.Ten
     logps_BTV = torch.log_softmax(logits_BTV, dim=-1)
     return logps_BTV.gather(-1, tokens_BT.unsqueeze(-1)).squeeze(-1)
 
+
+def completion_token_logps(model, prompt_ids: list[list[int]], completion_ids: torch.Tensor, pad_id: int,
+                           mask_BT: torch.Tensor, temperature: float = 1.0, share_prompts: bool = False,
+                           with_entropy: bool = False, chunked: bool = True
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-probs (B, T) of each completion token, entropies (B, T) or None), both 0 outside
+    ``mask_BT``, under ``softmax(logits / temperature)``.
+
+    ``chunked`` (and a plain linear head, ``train/lm_head.py``): the head runs only on the masked
+    positions, a chunk at a time (``losses/linear_ce.linear_log_probs``), so no (B, T, V) logits
+    exist; else the plain path (:func:`completion_logits`). Same values up to float rounding."""
+    mask = mask_BT.bool()
+    head = chunkable_head(model) if chunked else None
+    if head is None:
+        logits = completion_logits(model, prompt_ids, completion_ids, pad_id, temperature, share_prompts)
+        logps = gather_logps(logits, completion_ids).masked_fill(~mask, 0.0)
+        entropy = entropy_from_logits(logits.detach()).masked_fill(~mask, 0.0) if with_entropy else None
+        return logps, entropy
+    decoder, weight = head
+    hidden = _completion_hidden(model, decoder, prompt_ids, completion_ids, pad_id, share_prompts)
+    logp_N, entropy_N = linear_log_probs(hidden[mask], weight, completion_ids[mask], temperature, with_entropy)
+    scatter = lambda values: torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(
+        mask, values)  # noqa: E731
+    return scatter(logp_N), (scatter(entropy_N) if with_entropy else None)
+
+
+def _completion_hidden(model, decoder, prompt_ids, completion_ids, pad_id, share_prompts):
+    """The final hidden states (B, T, H) that predict each completion token (the positions whose
+    logits :func:`completion_logits` returns), with the head run on one position per forward."""
+    T = completion_ids.shape[1]
+    if share_prompts:
+        unique, row_index = prompt_runs(prompt_ids)
+        if len(unique) < len(prompt_ids):
+            with capture_final_hidden(decoder) as prompt_pass:
+                out, prompt = shared_prompt_cache(model, unique, row_index, pad_id, completion_ids.device)
+            first = prompt_pass["hidden"][:, -1:][row_index.to(completion_ids.device)]
+            if T == 1:
+                return first
+            with capture_final_hidden(decoder) as rest:
+                continue_from_cache(model, prompt, out.past_key_values, completion_ids[:, :-1], logits_to_keep=1)
+            return torch.cat([first, rest["hidden"]], dim=1)
+    inputs = forward_inputs(prompt_ids, completion_ids, pad_id, device=completion_ids.device)
+    P = inputs.pop("prompt_length")
+    with capture_final_hidden(decoder) as captured:
+        model(**inputs, use_cache=False, logits_to_keep=1)
+    return captured["hidden"][:, P - 1:P - 1 + T]

@@ -10,6 +10,7 @@ after the final norm, which is exactly what the head would have read.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 
@@ -54,17 +55,32 @@ def chunkable_head(model) -> tuple[torch.nn.Module, torch.nn.Parameter] | None:
     return decoder, weight
 
 
-def final_hidden_states(model, decoder: torch.nn.Module, inputs: dict) -> torch.Tensor:
-    """The decoder's output ``(B, T, H)`` for ``inputs``, from a top-level forward that runs the head
-    on one position only."""
-    captured = {}
+class _Captured(dict):
+    def __missing__(self, key):   # e.g. a forward patched onto the instance that runs another module
+        raise RuntimeError("the model's forward did not run its decoder, so the chunked LM head cannot read "
+                           "its hidden states: set chunked_loss=false")
+
+
+@contextlib.contextmanager
+def capture_final_hidden(decoder: torch.nn.Module):
+    """Inside the block, every forward of ``decoder`` stores its output hidden states ``(B, T, H)`` in
+    the yielded dict under ``"hidden"`` (the last forward wins; reading it when none ran is an error
+    that says what to do)."""
+    captured = _Captured()
 
     def keep(_module, _args, output):
         captured["hidden"] = output[0]
 
     handle = decoder.register_forward_hook(keep)
     try:
-        model(**inputs, use_cache=False, logits_to_keep=1)
+        yield captured
     finally:
         handle.remove()
+
+
+def final_hidden_states(model, decoder: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    """The decoder's output ``(B, T, H)`` for ``inputs``, from a top-level forward that runs the head
+    on one position only."""
+    with capture_final_hidden(decoder) as captured:
+        model(**inputs, use_cache=False, logits_to_keep=1)
     return captured["hidden"]

@@ -277,7 +277,7 @@ def evaluate_pairs(model, batches: PairBatches, step, batch_size: int) -> dict:
         k = batch["num_pairs"]
         totals["loss"] = totals.get("loss", 0.0) + float(numerator)
         for name, value in metrics.items():
-            totals[name] = totals.get(name, 0.0) + value * k
+            totals[name] = totals.get(name, 0.0) + float(value) * k
         n += k
     return {name: value / max(n, 1) for name, value in totals.items()}
 

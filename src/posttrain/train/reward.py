@@ -87,9 +87,8 @@ def reward_step(config: RewardConfig):
         chosen_B, rejected_B = scores_2B.chunk(2)
         margin_B = batch["margin"].to(scores_2B.dtype) if config.use_margin else None
         losses_B, accuracy_B = bradley_terry_loss(chosen_B, rejected_B, margin_B, config.center_rewards_coefficient)
-        metrics = {"accuracy": float(accuracy_B.mean()), "margin": float((chosen_B - rejected_B).detach().mean()),
-                   "rewards/chosen": float(chosen_B.detach().mean()),
-                   "rewards/rejected": float(rejected_B.detach().mean())}
+        metrics = {"accuracy": accuracy_B.mean(), "margin": (chosen_B - rejected_B).detach().mean(),   # on the device
+                   "rewards/chosen": chosen_B.detach().mean(), "rewards/rejected": rejected_B.detach().mean()}
         return losses_B.sum(), metrics
 
     return step

@@ -78,7 +78,7 @@ def sft_step(reduction: str, chunked_loss: bool = True):
         weights = sft_token_weights(mask, sequence_ids(batch)[:, 1:], reduction)
         numerator, nll = weighted_token_nll(model, batch, weights, chunked_loss)
         tokens = mask.sum().clamp_min(1)
-        return numerator, {"token_nll": float(nll.sum().detach() / tokens), "trained_tokens": float(tokens)}
+        return numerator, {"token_nll": nll.sum().detach() / tokens, "trained_tokens": tokens}   # on the device
 
     return step
 

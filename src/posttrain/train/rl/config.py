@@ -50,6 +50,8 @@ class RLConfig(TrainingOptions):
                               "float rounding, less compute when prompts are long. Off with several processes",
                               "Sampling")
     rollout_backend: str = opt("hf", "hf (transformers generate; CPU and GPU) or vllm (GPU, when installed)", "Sampling")
+    rollout_cache: str = opt("dynamic", "dynamic (grows per token) or static (preallocated to prompt + max_new_tokens; "
+                             "lets transformers compile the decoding step on GPU — CUDA graphs)", "Sampling")
     # KL to the reference
     beta: float = opt(0.0, "KL coefficient (0 = no reference model; KL is still logged when kl_in=loss "
                       "and a reference exists)", "KL")
@@ -68,6 +70,8 @@ class RLConfig(TrainingOptions):
                                             "share is logged as zero_variance_share", "Update")
     ppo_epochs: int = opt(1, "passes over each rollout batch", "Update")
     num_minibatches: int = opt(1, "optimizer updates per pass (the batch is split into this many)", "Update")
+    chunked_loss: bool = opt(True, "run the LM head only on completion tokens, in chunks (recomputed in "
+                             "backward): no full-vocabulary logits; NLPO's action mask keeps the plain path", "Update")
     # Logging
     save_samples: int = opt(2, "completions per step written to samples.jsonl (0 = none)", "Logging")
 
@@ -75,7 +79,8 @@ class RLConfig(TrainingOptions):
         super().validate()
         choices = {"aggregation": AGGREGATION_CHOICES, "kl_estimator": KL_ESTIMATOR_CHOICES,
                    "kl_in": KL_IN_CHOICES, "advantage_normalize": ADVANTAGE_NORMALIZE_CHOICES,
-                   "rollout_backend": ("hf", "vllm"), "algorithm": ("grpo", "rloo", "ppo", "nlpo")}
+                   "rollout_backend": ("hf", "vllm"), "rollout_cache": ("dynamic", "static"),
+                   "algorithm": ("grpo", "rloo", "ppo", "nlpo")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")

@@ -135,11 +135,23 @@ class HFRollout:
     """Sampling with transformers ``generate``: left-padded prompt batches of at most
     ``batch_size`` rows, temperature / top-p / top-k, stop at any of ``eos_ids``. Sampling
     log-probs are read off the processed scores ``generate`` returns. The model is the training
-    policy itself (no copy, so no weight sync); it is put in eval mode while sampling."""
+    policy itself (no copy, so no weight sync); it is put in eval mode while sampling.
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, share_prompts: bool = False):
+    ``cache="static"`` passes ``cache_implementation="static"``: ``generate`` preallocates a
+    ``StaticCache`` of prompt + max_new_tokens slots per row (never fewer than the model's earlier
+    calls used, so shapes repeat). With it, transformers 5 compiles the decoding forward itself
+    (``torch.compile``, inductor, ``mode="reduce-overhead"``: CUDA graphs; the prefill stays
+    eager) when the model is on cuda, xpu, neuron or tpu and is neither offloaded nor quantized by
+    a method that cannot compile. On CPU nothing is compiled. A new batch size or a longer cache
+    recompiles. Tokens and log-probs match the dynamic cache up to float rounding.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 64, share_prompts: bool = False,
+                 cache: str = "dynamic"):
+        if cache not in ("dynamic", "static"):
+            raise ValueError(f"unknown KV cache {cache!r}: choose dynamic or static")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self.share_prompts = share_prompts
+        self.share_prompts, self.cache = share_prompts, cache
         self.pad_id = tokenizer.pad_token_id
         eos = tokenizer.eos_token_id
         self.eos_ids = sorted({eos} if isinstance(eos, int) else set(eos))
@@ -184,7 +196,9 @@ class HFRollout:
         P = inputs.pop("prompt_length")
         inputs.pop("position_ids")  # generate derives them from the attention mask
         processors = LogitsProcessorList([action_mask(inputs["attention_mask"])] if action_mask else [])
-        if self.share_prompts and min(len(r) for r in rows) > 1:
+        # generate refuses a cache object next to cache_implementation, and the shared prefill
+        # makes a DynamicCache: with a static cache every row prefills its own prompt.
+        if self.share_prompts and self.cache == "dynamic" and min(len(r) for r in rows) > 1:
             unique, row_index = prompt_runs(rows)
             if len(unique) < len(rows):
                 # Prefill every prompt token but the last once per distinct prompt; generate
@@ -194,9 +208,10 @@ class HFRollout:
                 inputs["past_key_values"] = out.past_key_values
         sampling = {"do_sample": False} if greedy else {
             "do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
+        cache = {"cache_implementation": "static"} if self.cache == "static" else {}
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids,
                              pad_token_id=self.pad_id, use_cache=True, logits_processor=processors,
-                             output_scores=not greedy, return_dict_in_generate=True, **sampling)
+                             output_scores=not greedy, return_dict_in_generate=True, **sampling, **cache)
         completion = out.sequences[:, P:].cpu()
         B, T = completion.shape
         is_eos = torch.isin(completion, torch.tensor(self.eos_ids))
@@ -276,10 +291,11 @@ class VLLMRollout:
 
 
 def make_backend(name: str, model, tokenizer, model_path: str | None = None, batch_size: int = 64,
-                 share_prompts: bool = False):
-    """``hf`` (default) or ``vllm`` (which shares prompt prefixes by itself)."""
+                 share_prompts: bool = False, cache: str = "dynamic"):
+    """``hf`` (default) or ``vllm`` (which shares prompt prefixes and manages its KV cache by
+    itself: ``cache`` is for ``hf``)."""
     if name == "hf":
-        return HFRollout(model, tokenizer, batch_size=batch_size, share_prompts=share_prompts)
+        return HFRollout(model, tokenizer, batch_size=batch_size, share_prompts=share_prompts, cache=cache)
     if name == "vllm":
         return VLLMRollout(model_path, tokenizer)
     raise ValueError(f"unknown rollout backend {name!r}: choose hf or vllm")

@@ -50,7 +50,7 @@ from posttrain.losses.policy import (apply_action_mask, clipped_policy_loss, ent
 from posttrain.rewards.compose import build_reward
 from posttrain.train.common import load_policy, log, prepare_run
 from posttrain.train.engine import Engine, TrainingError, _Progress
-from posttrain.train.layout import prompt_sharing
+from posttrain.train.layout import completion_token_logps, prompt_sharing
 from posttrain.train.rl.algorithms import ALGORITHMS, ValueModel
 from posttrain.train.rl.config import RLConfig
 from posttrain.train.rl.rollout import Rollout, TopPActionMask, completion_logits, forward_inputs, gather_logps, \
@@ -224,7 +224,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
     share = prompt_sharing(config.share_prompts, engine.world)
     backend = make_backend(config.rollout_backend, policy, tokenizer, model_path=resolve_model_path(config.model),
                            batch_size=max(config.batch_size, config.prompts_per_step * config.group_size),
-                           share_prompts=share)
+                           share_prompts=share, cache=config.rollout_cache)
 
     # --- resume
     checkpoint = engine.latest_checkpoint() if config.resume else None
@@ -240,7 +240,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
         for stale in (engine.metrics_path, run_dir / "eval_samples.jsonl", run_dir / "samples.jsonl"):
             stale.unlink(missing_ok=True)
 
-    def eval_fn(_model) -> dict:
+    def heldout(_model) -> dict:
         result = heldout_accuracy(backend, eval_rows, config.max_new_tokens)
         if main:  # per-row results for paired before/after comparisons
             with (run_dir / "eval_samples.jsonl").open("a") as f:
@@ -249,8 +249,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
         result.pop("items", None)
         return result
 
-    if not eval_rows:
-        eval_fn = None
+    eval_fn = heldout if eval_rows else None
     if eval_fn is not None and engine.state.step == 0:
         engine._evaluate(eval_fn)  # the base model's accuracy, logged at step 0
 
@@ -262,14 +261,12 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
         prompts = [b["prompt_ids"][i] for i in rows_.tolist()]
         completion = b["completion_ids"][rows_].to(device)
         mask = b["mask"][rows_].to(device)
-        logits = completion_logits(model, prompts, completion, tokenizer.pad_token_id, config.temperature,
-                                   share_prompts=share)
-        if "keep" in b:
-            logits = apply_action_mask(logits, b["keep"][rows_].to(device))
-        logps = gather_logps(logits, completion)
+        keep = b["keep"][rows_].to(device) if "keep" in b else None
+        logps, entropy = token_logps(model, prompts, completion, mask, tokenizer.pad_token_id, config, share, keep,
+                                     with_entropy=single_update)
         if single_update:  # π_old = this very forward (ratio ≡ 1); kept for the step's metrics
-            b["old_logps"][rows_] = (logps.detach() * mask).cpu()
-            b["entropy_sum"] += float((entropy_from_logits(logits.detach()) * mask).sum())
+            b["old_logps"][rows_] = logps.detach().cpu()
+            b["entropy_sum"] += float(entropy.sum())
             b["measured"][rows_] = True
         advantages = b["advantages"][rows_].to(device)
         in_loss = config.kl_in == "loss" and kl_controller.value > 0 and "ref_logps" in b
@@ -277,7 +274,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
             logps, b["old_logps"][rows_].to(device), advantages, mask, config.clip_low, config.clip_high,
             aggregation=config.aggregation, normalizer=1.0, kl_coef=kl_controller.value if in_loss else 0.0,
             ref_logps_BT=b["ref_logps"][rows_].to(device) if in_loss else None, kl_kind=config.kl_estimator)
-        metrics = {k: float(diag[k]) for k in ("clip_fraction", "ratio_mean", "approx_kl")}
+        metrics = {k: diag[k].detach() for k in ("clip_fraction", "ratio_mean", "approx_kl")}   # on the device
         if is_ppo:
             inputs = forward_inputs(prompts, completion, tokenizer.pad_token_id, device=device)
             P = inputs.pop("prompt_length")
@@ -285,7 +282,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
             vloss, vdiag = value_loss(values, b["old_values"][rows_].to(device), b["returns"][rows_].to(device),
                                       mask, clip=config.value_clip or None)
             loss = loss + config.value_coef * vloss * normalizer(micro)  # token-mean value loss, weighted by share
-            metrics.update(value_loss=float(vloss.detach()), value_clip_fraction=float(vdiag["value_clip_fraction"]))
+            metrics.update(value_loss=vloss.detach(), value_clip_fraction=vdiag["value_clip_fraction"].detach())
         return loss, metrics
 
     def normalizer(micro) -> float:
@@ -448,6 +445,24 @@ def _next_prompts(engine: Engine, rows: list[dict], count: int) -> list[dict]:
     return picked
 
 
+def token_logps(model, prompts: list[list[int]], completion: torch.Tensor, mask: torch.Tensor, pad_id: int,
+                config: RLConfig, share: bool, keep: torch.Tensor | None = None, with_entropy: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (B, T) of the completion tokens under ``softmax(logits / temperature)`` and, with
+    ``with_entropy``, the entropies (B, T); both 0 outside ``mask``. NLPO's action mask ``keep``
+    needs the full logits; otherwise the LM head runs on completion tokens only, in chunks
+    (``config.chunked_loss``, ``train/layout.completion_token_logps``)."""
+    if keep is None:
+        return completion_token_logps(model, prompts, completion, pad_id, mask, config.temperature, share,
+                                      with_entropy, config.chunked_loss)
+    logits = apply_action_mask(completion_logits(model, prompts, completion, pad_id, config.temperature,
+                                                 share_prompts=share), keep)
+    outside = ~mask.bool()
+    logps = gather_logps(logits, completion).masked_fill(outside, 0.0)   # -inf · 0 would be nan
+    entropy = entropy_from_logits(logits.detach()).masked_fill(outside, 0.0) if with_entropy else None
+    return logps, entropy
+
+
 @torch.no_grad()
 def _score_batch(rollout: Rollout, policy, reference, mask_model, value, config, device,
                  policy_pass: bool = True, share: bool = False) -> dict:
@@ -466,26 +481,21 @@ def _score_batch(rollout: Rollout, policy, reference, mask_model, value, config,
         prompts = rollout.prompt_ids[s:s + chunk]
         completion = rollout.completion_ids[s:s + chunk].to(device)
         mask = rollout.completion_mask[s:s + chunk].to(device)
+        keep = None
+        if mask_model is not None:
+            keep = nlpo_topp_mask(completion_logits(mask_model, prompts, completion, pad, share_prompts=share),
+                                  config.mask_top_p)
+            keeps.append(keep.cpu())
         if policy_pass:
-            logits = completion_logits(policy, prompts, completion, pad, config.temperature, share_prompts=share)
-            if mask_model is not None:
-                keep = nlpo_topp_mask(completion_logits(mask_model, prompts, completion, pad, share_prompts=share),
-                                      config.mask_top_p)
-                logits = apply_action_mask(logits, keep)
-                keeps.append(keep.cpu())
-            old.append(gather_logps(logits, completion).cpu())
-            entropy_sum += float((entropy_from_logits(logits) * mask).sum())
+            logps, entropy = token_logps(policy, prompts, completion, mask, pad, config, share, keep, with_entropy=True)
+            old.append(logps.cpu())
+            entropy_sum += float(entropy.sum())
         if config.beta > 0:
             if reference is not None:
-                ref_logits = completion_logits(reference, prompts, completion, pad, config.temperature,
-                                               share_prompts=share)
+                ref.append(token_logps(reference, prompts, completion, mask, pad, config, share, keep)[0].cpu())
             else:
                 with policy.disable_adapter():
-                    ref_logits = completion_logits(policy, prompts, completion, pad, config.temperature,
-                                                   share_prompts=share)
-            if mask_model is not None:
-                ref_logits = apply_action_mask(ref_logits, keep)
-            ref.append(gather_logps(ref_logits, completion).cpu())
+                    ref.append(token_logps(policy, prompts, completion, mask, pad, config, share, keep)[0].cpu())
         if value is not None:
             inputs = forward_inputs(prompts, completion, pad, device=device)
             P = inputs.pop("prompt_length")
