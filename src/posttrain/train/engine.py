@@ -171,7 +171,7 @@ class Engine:
         # Loss and metrics stay on the device until the last micro-batch: one host transfer (and one
         # all-reduce) per step instead of one per micro-batch and metric, so the host never waits
         # for the device in the middle of the step.
-        loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=acc.device)   # fp32: MPS has no float64
         sums: dict[str, torch.Tensor] = {}
         for j, batch in enumerate(micro_batches):
             batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -181,9 +181,9 @@ class Engine:
                 numerator, step_metrics = step_fn(self.model, batch)
                 loss = numerator * scale
                 acc.backward(loss)
-            loss_sum += loss.detach().double()
+            loss_sum += loss.detach().float()
             for k, v in step_metrics.items():
-                v = v.detach().double() if torch.is_tensor(v) else torch.tensor(float(v), dtype=torch.float64)
+                v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
                 sums[k] = sums.get(k, 0.0) + v.to(acc.device)
         names = list(sums)
         values = torch.stack([loss_sum / self.world] + [sums[k] / len(micro_batches) for k in names])
