@@ -308,11 +308,11 @@ def test_shared_prompt_forward_equals_the_plain_forward_and_its_gradient(tiny_mo
     """Each group's prompt run once, its KV cache copied to the group's rows: the completion
     logits and the parameter gradients equal those of one forward per row (left-padded prompts
     of different lengths, a group of 3 per prompt)."""
-    from posttrain.train.rl.rollout import completion_logits, prompt_runs
+    from posttrain.train.rl.rollout import completion_logits, distinct_prompts
 
     model, tok = tiny_policy(tiny_model_dir)
     rows = [p for p in ([5, 6, 7, 8, 9], [10, 11, 12]) for _ in range(3)]
-    assert prompt_runs(rows)[1].tolist() == [0, 0, 0, 1, 1, 1]
+    assert distinct_prompts(rows)[1].tolist() == [0, 0, 0, 1, 1, 1]
     completion = torch.randint(20, 200, (6, 5), generator=torch.Generator().manual_seed(0))
     grads = {}
     for share in (False, True):

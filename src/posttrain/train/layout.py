@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 
 from posttrain.losses.linear_ce import linear_log_probs
-from posttrain.losses.policy import entropy_from_logits
-from posttrain.train.lm_head import capture_final_hidden, chunkable_head
+from posttrain.losses.policy import apply_action_mask, entropy_from_logits
+from posttrain.train.lm_head import capture_final_hidden, chunkable_head, final_hidden_states
 
-__all__ = ["forward_inputs", "prompt_sharing", "prompt_runs", "shared_prompt_cache", "continue_from_cache", "shared_prefix_logits",
+__all__ = ["forward_inputs", "prompt_sharing", "distinct_prompts", "shared_prompt_cache", "continue_from_cache", "shared_prefix_logits",
            "completion_logits", "gather_logps", "completion_token_logps"]
 
 
@@ -58,7 +58,7 @@ def prompt_sharing(enabled: bool, processes: int) -> bool:
     return enabled and processes == 1
 
 
-def prompt_runs(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
+def distinct_prompts(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
     """The distinct prompts (in first-seen order: a GRPO group's rows, a DPO pair's chosen and
     rejected rows), and for each row the index of its prompt among them, (B,) long."""
     unique: dict[tuple[int, ...], int] = {}
@@ -118,7 +118,7 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: torch.
     (distinct prompts + B) / B of its prompt cost."""
     T = completion_ids.shape[1]
     if share_prompts:
-        unique, row_index = prompt_runs(prompt_ids)
+        unique, row_index = distinct_prompts(prompt_ids)
         if len(unique) < len(prompt_ids):
             return shared_prefix_logits(model, unique, row_index, completion_ids, pad_id).float() / temperature
     inputs = forward_inputs(prompt_ids, completion_ids, pad_id, device=completion_ids.device)
@@ -136,19 +136,23 @@ def gather_logps(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor) -> torch.Ten
 
 def completion_token_logps(model, prompt_ids: list[list[int]], completion_ids: torch.Tensor, pad_id: int,
                            mask_BT: torch.Tensor, temperature: float = 1.0, share_prompts: bool = False,
-                           with_entropy: bool = False, chunked: bool = True
-                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                           with_entropy: bool = False, chunked: bool = True,
+                           action_mask_BTV: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-probs (B, T) of each completion token, entropies (B, T) or None), both 0 outside
     ``mask_BT``, under ``softmax(logits / temperature)``.
 
     ``chunked`` (and a plain linear head, ``train/lm_head.py``): the head runs only on the masked
     positions, a chunk at a time (``losses/linear_ce.linear_log_probs``), so no (B, T, V) logits
-    exist; else the plain path (:func:`completion_logits`). Same values up to float rounding."""
+    exist; else the plain path (:func:`completion_logits`). Same values up to float rounding.
+    ``action_mask_BTV`` (NLPO: the tokens allowed at each position) acts on the full logits, so it
+    takes the plain path."""
     mask = mask_BT.bool()
-    head = chunkable_head(model) if chunked else None
+    head = chunkable_head(model) if chunked and action_mask_BTV is None else None
     if head is None:
         logits = completion_logits(model, prompt_ids, completion_ids, pad_id, temperature, share_prompts)
-        logps = gather_logps(logits, completion_ids).masked_fill(~mask, 0.0)
+        if action_mask_BTV is not None:
+            logits = apply_action_mask(logits, action_mask_BTV)
+        logps = gather_logps(logits, completion_ids).masked_fill(~mask, 0.0)   # masked_fill: -inf · 0 is nan
         entropy = entropy_from_logits(logits.detach()).masked_fill(~mask, 0.0) if with_entropy else None
         return logps, entropy
     decoder, weight = head
@@ -164,7 +168,7 @@ def _completion_hidden(model, decoder, prompt_ids, completion_ids, pad_id, share
     logits :func:`completion_logits` returns), with the head run on one position per forward."""
     T = completion_ids.shape[1]
     if share_prompts:
-        unique, row_index = prompt_runs(prompt_ids)
+        unique, row_index = distinct_prompts(prompt_ids)
         if len(unique) < len(prompt_ids):
             with capture_final_hidden(decoder) as prompt_pass:
                 out, prompt = shared_prompt_cache(model, unique, row_index, pad_id, completion_ids.device)
@@ -176,6 +180,4 @@ def _completion_hidden(model, decoder, prompt_ids, completion_ids, pad_id, share
             return torch.cat([first, rest["hidden"]], dim=1)
     inputs = forward_inputs(prompt_ids, completion_ids, pad_id, device=completion_ids.device)
     P = inputs.pop("prompt_length")
-    with capture_final_hidden(decoder) as captured:
-        model(**inputs, use_cache=False, logits_to_keep=1)
-    return captured["hidden"][:, P - 1:P - 1 + T]
+    return final_hidden_states(model, decoder, inputs)[:, P - 1:P - 1 + T]

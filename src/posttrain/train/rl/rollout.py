@@ -27,11 +27,11 @@ from typing import Callable, Protocol
 import torch
 
 from posttrain.losses.policy import apply_action_mask, nlpo_topp_mask
-from posttrain.train.layout import completion_logits, forward_inputs, gather_logps, prompt_runs, \
+from posttrain.train.layout import completion_logits, distinct_prompts, forward_inputs, gather_logps, \
     shared_prompt_cache
 
 __all__ = ["Rollout", "RolloutBackend", "HFRollout", "VLLMRollout", "TopPActionMask", "make_backend",
-           "forward_inputs", "prompt_runs", "shared_prompt_cache", "completion_logits", "gather_logps"]
+           "forward_inputs", "distinct_prompts", "shared_prompt_cache", "completion_logits", "gather_logps"]
 
 
 @dataclass
@@ -199,7 +199,7 @@ class HFRollout:
         # generate refuses a cache object next to cache_implementation, and the shared prefill
         # makes a DynamicCache: with a static cache every row prefills its own prompt.
         if self.share_prompts and self.cache == "dynamic" and min(len(r) for r in rows) > 1:
-            unique, row_index = prompt_runs(rows)
+            unique, row_index = distinct_prompts(rows)
             if len(unique) < len(rows):
                 # Prefill every prompt token but the last once per distinct prompt; generate
                 # continues from the copied cache (it feeds the last prompt token itself). With

@@ -45,16 +45,14 @@ import torch
 from posttrain.data import encode_prompt, mix_sources, validate_rows
 from posttrain.models import resolve_model_path
 from posttrain.losses.kl import AdaptiveKLController, FixedKLController, kl_estimate
-from posttrain.losses.policy import (apply_action_mask, clipped_policy_loss, entropy_from_logits,
-                                     explained_variance, masked_mean, nlpo_topp_mask, value_loss)
+from posttrain.losses.policy import clipped_policy_loss, explained_variance, masked_mean, nlpo_topp_mask, value_loss
 from posttrain.rewards.compose import build_reward
 from posttrain.train.common import load_policy, log, prepare_run
 from posttrain.train.engine import Engine, TrainingError, _Progress
 from posttrain.train.layout import completion_token_logps, prompt_sharing
 from posttrain.train.rl.algorithms import ALGORITHMS, ValueModel
 from posttrain.train.rl.config import RLConfig
-from posttrain.train.rl.rollout import Rollout, TopPActionMask, completion_logits, forward_inputs, gather_logps, \
-    make_backend
+from posttrain.train.rl.rollout import Rollout, TopPActionMask, completion_logits, forward_inputs, make_backend
 
 __all__ = ["run_rl", "load_prompts", "reward_spec", "heldout_accuracy", "RLState"]
 
@@ -448,19 +446,10 @@ def _next_prompts(engine: Engine, rows: list[dict], count: int) -> list[dict]:
 def token_logps(model, prompts: list[list[int]], completion: torch.Tensor, mask: torch.Tensor, pad_id: int,
                 config: RLConfig, share: bool, keep: torch.Tensor | None = None, with_entropy: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (B, T) of the completion tokens under ``softmax(logits / temperature)`` and, with
-    ``with_entropy``, the entropies (B, T); both 0 outside ``mask``. NLPO's action mask ``keep``
-    needs the full logits; otherwise the LM head runs on completion tokens only, in chunks
-    (``config.chunked_loss``, ``train/layout.completion_token_logps``)."""
-    if keep is None:
-        return completion_token_logps(model, prompts, completion, pad_id, mask, config.temperature, share,
-                                      with_entropy, config.chunked_loss)
-    logits = apply_action_mask(completion_logits(model, prompts, completion, pad_id, config.temperature,
-                                                 share_prompts=share), keep)
-    outside = ~mask.bool()
-    logps = gather_logps(logits, completion).masked_fill(outside, 0.0)   # -inf · 0 would be nan
-    entropy = entropy_from_logits(logits.detach()).masked_fill(outside, 0.0) if with_entropy else None
-    return logps, entropy
+    """``train/layout.completion_token_logps`` with this run's temperature, ``chunked_loss`` and
+    NLPO action mask ``keep``: log-probs (B, T) and, with ``with_entropy``, entropies (B, T)."""
+    return completion_token_logps(model, prompts, completion, pad_id, mask, config.temperature, share,
+                                  with_entropy, config.chunked_loss, action_mask_BTV=keep)
 
 
 @torch.no_grad()
