@@ -172,12 +172,12 @@ def test_missing_column_names_file_row_and_field(tmp_path):
     src = _write(tmp_path, "d.jsonl", json.dumps({"messages": [{"role": "user", "content": "x"},
                                                                {"role": "assistant", "content": "y"}]})
                  + "\n" + json.dumps({"text": "no messages"}) + "\n")
-    with pytest.raises(DataError, match=r"d.jsonl, row 1, field 'messages': missing.*columns present: text"):
+    with pytest.raises(DataError, match=r"d.jsonl, line 2, field 'messages': missing.*columns present: text"):
         validate_rows(load_source(src), "sft", src)
 
 
 def test_wrong_type_names_the_field(tmp_path):
-    with pytest.raises(DataError, match=r"row 0, field 'messages'\[0\].content: expected a string, got int"):
+    with pytest.raises(DataError, match=r"row 1, field 'messages'\[0\].content: expected a string, got int"):
         validate_rows([{"messages": [{"role": "user", "content": 3}]}], "sft", "x.jsonl")
     with pytest.raises(DataError, match=r"unknown role 'bot'"):
         validate_rows([{"messages": [{"role": "bot", "content": "hi"}]}], "sft", "x.jsonl")

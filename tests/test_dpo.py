@@ -108,10 +108,10 @@ BAD = [
 @pytest.mark.parametrize("bad,message", BAD, ids=["equal", "empty", "no-prompt", "prompt-differs"])
 def test_bad_rows_raise_naming_the_row_or_are_counted(tokenizer, bad, message):
     rows = ROWS[:2] + [bad]
-    with pytest.raises(DataError, match=rf"test, row 2.*{message}"):
+    with pytest.raises(DataError, match=rf"test, row 3.*{message}"):
         tokenize_pairs(rows, tokenizer, 256, 128, "test")
     examples, stats = tokenize_pairs(rows, tokenizer, 256, 128, "test", skip_invalid=True)
-    assert len(examples) == 2 and stats.skipped_invalid == 1 and "row 2" in stats.summary()
+    assert len(examples) == 2 and stats.skipped_invalid == 1 and "row 3" in stats.summary()
 
 
 def test_refused_combinations():

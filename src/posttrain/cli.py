@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         if name in TRAINING_COMMANDS:
             return run_training_command(name, rest)
         return int(_resolve(TOOL_COMMANDS[name][0] + ":main")(rest) or 0)
-    except errors as e:
+    except errors as e:  # a problem the user can fix: one line, no traceback, exit code 2
         print(f"posttrain {name}: error: {e}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

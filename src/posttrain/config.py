@@ -189,7 +189,10 @@ class TrainingOptions:
     # Run
     out: str = opt("runs/run", "run folder: config, metrics.jsonl, checkpoints, final model, report", "Run")
     seed: int = opt(0, "seed for data order, initialisation and sampling", "Run")
-    resume: bool = opt(True, "continue from the newest checkpoint in the run folder if there is one", "Run")
+    resume: bool = opt(True, "continue from the newest checkpoint in the run folder if there is one (the "
+                       "config must match the folder's config.yaml, except max_steps and logging options)", "Run")
+    overwrite: bool = opt(False, "start over in a used run folder: delete its checkpoints, metrics and samples "
+                          "first (needed to rerun a folder with a changed config)", "Run")
     # Model
     model: str = opt("smollm2-135m-instruct", "hub id, local folder, .gguf file, or smollm2-135m-instruct", "Model")
     dtype: str = opt("float32", "weights dtype: float32, bfloat16, float16, auto", "Model")
@@ -226,6 +229,23 @@ class TrainingOptions:
     progress: bool = opt(True, "show a progress bar", "Logging")
 
     def validate(self):
+        import math
+
+        if not str(self.out).strip():
+            raise ConfigError("out: give a run folder, e.g. out=runs/my-run")
+        if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate={self.learning_rate}: must be a number > 0 (e.g. 2e-5)")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ConfigError("weight_decay and max_grad_norm must be >= 0 (max_grad_norm=0 turns clipping off)")
+        if self.max_steps < 0:
+            raise ConfigError(f"max_steps={self.max_steps}: must be >= 0 (0 = from num_epochs)")
+        if self.max_steps == 0 and not self.num_epochs > 0:
+            raise ConfigError(f"num_epochs={self.num_epochs}: must be > 0 (or set max_steps > 0)")
+        for name in ("save_steps", "eval_steps", "lora_rank"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0 (0 turns it off)")
+        if self.logging_steps < 1 or self.keep_checkpoints < 1:
+            raise ConfigError("logging_steps and keep_checkpoints must be >= 1")
         if self.lr_schedule not in SCHEDULES:
             raise ConfigError(f"lr_schedule={self.lr_schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
@@ -265,3 +285,5 @@ class SFTConfig(TrainingOptions):
             raise ConfigError(f"loss_reduction={self.loss_reduction!r}: choose one of {', '.join(SFT_REDUCTIONS)}")
         if not self.data:
             raise ConfigError("data: give at least one training source")
+        if self.max_length < 2:
+            raise ConfigError(f"max_length={self.max_length}: must be >= 2 tokens")

@@ -27,6 +27,16 @@ class DataError(ValueError):
     """Bad input data; the message names the source, the row and the field."""
 
 
+def row_location(row, source: str, index: int) -> str:
+    """Where a row came from: its file and own line/row when it was read by ``load_source``
+    (``"data/chats.jsonl, line 57"``, whatever mixing and shuffling did), else its 1-based
+    position in ``source``."""
+    origin = getattr(row, "origin", None)
+    if origin is not None:
+        return f"{origin[0]}, {origin[1]} {origin[2]}"
+    return f"{source}, row {index + 1}"
+
+
 def _where(source: str, row: int | None, field: str | None = None) -> str:
     parts = [source]
     if row is not None:
@@ -62,6 +72,9 @@ def validate_sft_row(row: dict, source: str, index: int) -> dict:
     check_messages(messages, source, index)
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{_where(source, index, 'messages')}: no assistant turn to train on")
+    if not any(m["content"].strip() for m in messages if m["role"] == "assistant"):
+        raise DataError(f"{_where(source, index, 'messages')}: every assistant turn is empty, so the row would "
+                        f"train only on the end-of-turn token. Fill in the assistant replies or drop the row")
     return {"messages": messages}
 
 
@@ -130,6 +143,10 @@ def validate_rlvr_row(row: dict, source: str, index: int, needs_answer: bool = T
         raise DataError(f"{_where(source, index, 'prompt')}: missing. RLVR rows need 'prompt' or 'messages'")
     if not messages:
         raise DataError(f"{_where(source, index, 'messages')}: no prompt turns")
+    if not "".join(m["content"] for m in messages).strip():
+        field = "messages" if row.get("messages") is not None else "prompt"
+        raise DataError(f"{_where(source, index, field)}: the prompt is empty; every RL row needs a question "
+                        f"for the model to answer")
     verifier = row.get("verifier", row.get("dataset"))
     if not needs_answer and row.get("ground_truth") is None and verifier is None:
         out = {k: v for k, v in row.items() if k not in ("messages", "prompt", "ground_truth", "verifier")}
@@ -166,7 +183,8 @@ def validate_rows(rows: list[dict], kind: str, source: str) -> list[dict]:
     check = VALIDATORS[kind]
     out = []
     for i, row in enumerate(rows):
+        where = row_location(row, source, i)
         if not isinstance(row, dict):
-            raise DataError(f"{_where(source, i)}: expected an object with named columns, got {type(row).__name__}")
-        out.append(check(row, source, i))
+            raise DataError(f"{where}: expected an object with named columns, got {type(row).__name__}")
+        out.append(check(row, where, None))
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 CURVES = [("loss", "training loss"), ("eval_loss", "held-out loss"), ("token_nll", "per-token NLL"),
@@ -11,10 +10,9 @@ CURVES = [("loss", "training loss"), ("eval_loss", "held-out loss"), ("token_nll
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from posttrain.train.run_folder import read_jsonl
+
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")   # skips a line torn by a crash mid-write
 
 
 def running_mean(values: list[float], window: int) -> list[float]:

@@ -38,6 +38,11 @@ class Verifier:
     def __call__(self, prediction: str, ground_truth: Any) -> VerificationResult:  # pragma: no cover
         raise NotImplementedError
 
+    def check_ground_truth(self, ground_truth: Any) -> None:
+        """Raise ValueError (saying what is wrong) when no prediction could be scored against
+        ``ground_truth``. Trainers call it on every row before the model loads, so a bad row
+        fails the run at once instead of at the step that samples it."""
+
 
 _REGISTRY: dict[str, Callable[[], Verifier]] = {}
 

@@ -32,7 +32,8 @@ from typing import Any, Callable, Sequence
 
 from posttrain.rewards.base import Verifier, get_verifier
 
-__all__ = ["load_callable", "VerifierReward", "RewardComposer", "build_reward", "completion_text"]
+__all__ = ["load_callable", "VerifierReward", "RewardComposer", "build_reward", "check_reward_spec",
+           "completion_text"]
 
 RewardFn = Callable[..., Sequence[float | None]]
 
@@ -225,6 +226,49 @@ _REWARD_MODEL_KEYS = {"reward_model", "weight", "name", "options"}
 _KINDS = ("verifier", "function", "reward_model")
 
 
+def _close(word: str, choices) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(str(word), sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def check_reward_spec(spec: Sequence[dict]) -> None:
+    """Check reward entries without building anything (no module imported, no model loaded):
+    one kind per entry, no unknown key (a misspelled ``wieght`` would silently weigh 1), numeric
+    weights and correct values, registered verifier names. ValueError/TypeError name the entry."""
+    from posttrain.rewards.base import list_verifiers
+
+    if not isinstance(spec, (list, tuple)) or not spec:
+        raise ValueError("reward: give a list of components, e.g. [{verifier: auto}]")
+    for i, entry in enumerate(spec):
+        if not isinstance(entry, dict):
+            raise TypeError(f"reward entry {i} must be a dict such as {{verifier: gsm8k}}, got {type(entry).__name__}")
+        kinds = [k for k in _KINDS if k in entry]
+        if len(kinds) != 1:
+            hint = "".join(_close(k, _KINDS) for k in entry if k not in _KINDS)[:80]
+            raise ValueError(f"reward entry {i} needs exactly one of 'verifier', 'function' or 'reward_model'"
+                             f"{hint}: {entry}")
+        allowed = {"verifier": _VERIFIER_KEYS, "function": _FUNCTION_KEYS, "reward_model": _REWARD_MODEL_KEYS}[kinds[0]]
+        unknown = sorted(set(entry) - allowed, key=str)
+        if unknown:
+            more = f" (and {unknown[1:]})" if unknown[1:] else ""
+            raise ValueError(
+                f"reward entry {i} has unknown key {unknown[0]!r}{_close(unknown[0], allowed)}{more}; "
+                f"allowed keys: {sorted(allowed)}"
+            )
+        for key in ("weight", "correct_value"):
+            value = entry.get(key, 1.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"reward entry {i}: {key} must be a number, got {value!r}")
+        if entry.get("options") is not None and not isinstance(entry["options"], dict):
+            raise ValueError(f"reward entry {i}: options must be a mapping, got {entry['options']!r}")
+        name = entry.get("verifier")
+        if name is not None and name != "auto" and name not in list_verifiers():
+            raise ValueError(f"reward entry {i}: unknown verifier {name!r}{_close(name, list_verifiers())}; "
+                             f"known verifiers: auto, {', '.join(list_verifiers())}")
+
+
 def build_reward(spec: Sequence[dict], no_eos_penalty: float = 0.0) -> RewardComposer:
     """A :class:`RewardComposer` from config entries, one per component::
 
@@ -237,20 +281,9 @@ def build_reward(spec: Sequence[dict], no_eos_penalty: float = 0.0) -> RewardCom
     Unknown keys are errors that name the key. Default component names: the verifier name, or
     the function's name.
     """
+    check_reward_spec(spec)
     components = []
     for i, entry in enumerate(spec):
-        if not isinstance(entry, dict):
-            raise TypeError(f"reward entry {i} must be a dict, got {type(entry).__name__}")
-        kinds = [k for k in _KINDS if k in entry]
-        if len(kinds) != 1:
-            raise ValueError(f"reward entry {i} needs exactly one of 'verifier', 'function' or 'reward_model': {entry}")
-        allowed = {"verifier": _VERIFIER_KEYS, "function": _FUNCTION_KEYS, "reward_model": _REWARD_MODEL_KEYS}[kinds[0]]
-        unknown = sorted(set(entry) - allowed)
-        if unknown:
-            more = f" (and {unknown[1:]})" if unknown[1:] else ""
-            raise ValueError(
-                f"reward entry {i} has unknown key {unknown[0]!r}{more}; allowed keys: {sorted(allowed)}"
-            )
         weight = float(entry.get("weight", 1.0))
         if "verifier" in entry:
             fn = VerifierReward(

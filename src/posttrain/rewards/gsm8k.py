@@ -101,6 +101,11 @@ class GSM8KVerifier(Verifier):
     string (None when the prediction holds no number).
     """
 
+    def check_ground_truth(self, ground_truth: Any) -> None:
+        if _gold_number(ground_truth) is None:
+            raise ValueError(f"gsm8k ground truth holds no number: {ground_truth!r:.200} (give the answer, e.g. "
+                             f"\"72\", or a solution ending in \"#### 72\")")
+
     def __call__(self, prediction: str, ground_truth: Any) -> VerificationResult:
         gold = _gold_number(ground_truth)
         if gold is None:

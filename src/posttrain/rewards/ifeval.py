@@ -105,6 +105,15 @@ class IFEvalVerifier(Verifier):
 
     loose: bool = False
 
+    def check_ground_truth(self, ground_truth: Any) -> None:
+        ids, kwargs_list = parse_spec(ground_truth)
+        for instruction_id, kwargs in zip(ids, kwargs_list):
+            try:  # a checker called with kwargs it does not take fails here, not mid-training
+                check_instruction(instruction_id, "probe response.", kwargs)
+            except (TypeError, KeyError, AttributeError) as e:
+                raise ValueError(f"IFEval instruction {instruction_id!r} cannot use kwargs {kwargs!r:.200} "
+                                 f"({type(e).__name__}: {e})") from None
+
     def __call__(self, prediction: str, ground_truth: Any) -> VerificationResult:
         ids, kwargs_list = parse_spec(ground_truth)
         response = _response_text(prediction or "")

@@ -23,6 +23,11 @@ worker subprocesses, and bound each call from the caller's side with ``select`` 
 pipe. That works from any thread; a call that runs past ``timeout`` kills its worker (a fresh one
 replaces it on demand) and scores 0 with ``details["error"] == "timeout"``. Cheap cases (equal
 strings after light normalisation, plain numbers) never reach the pool. POSIX only.
+
+The answer extraction runs in the caller and is linear in the prediction's length (no regex that
+retries from every opener), and its time comes off the worker's share, so a call answers within
+``timeout`` even on 100 kB of adversarial LaTeX (``"\\(" * 40000``). Not counted: the one-time
+start of a worker (importing sympy, a few seconds) and waiting for a free worker.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ __all__ = [
     "last_boxed",
     "minerva_answer",
     "extract_math_answer",
+    "latex_spans",
     "shutdown_math_workers",
 ]
 
@@ -91,26 +97,85 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-# "Final Answer: The final answer is X. I hope it is correct." (the closing sentence may be
-# missing when the answer ends its line). The answer sits on one line.
-_MINERVA_RE = re.compile(
-    r"Final Answer:\s*The final answer is\s*(?P<answer>.+?)\s*"
-    r"(?:\.\s*I hope it is correct\.?|\.?\s*$)",
-    re.MULTILINE,
-)
-_LATEX_SPAN_RE = re.compile(
-    r"\$\$(?P<a>.+?)\$\$|(?<!\\)\$(?P<b>.+?)(?<!\\)\$|\\\[(?P<c>.+?)\\\]|\\\((?P<d>.+?)\\\)",
-    re.DOTALL,
-)
+# Every extraction step below runs in the caller, outside the worker's time limit, so each one is
+# linear in the length of the prediction: a model can write 100 kB of "\(" or "$", and a regex
+# such as "\\\((.+?)\\\)" retried from every opener takes time quadratic in that length.
+
+_MINERVA_PREFIX_RE = re.compile(r"Final Answer:[ \t]*The final answer is[ \t]*")
+_MINERVA_CLOSE_RE = re.compile(r"\.[ \t]*I hope it is correct")
 
 
 def minerva_answer(text: str) -> str | None:
-    """X of the last "Final Answer: The final answer is X. I hope it is correct.", else None."""
-    matches = list(_MINERVA_RE.finditer(text))
-    if not matches:
-        return None
-    answer = _strip_dollars(matches[-1].group("answer"))
-    return answer or None
+    """X of the last "Final Answer: The final answer is X. I hope it is correct.", else None.
+
+    The answer sits on one line: it ends at ". I hope it is correct" or at the end of the line
+    (one trailing period dropped)."""
+    last = None
+    for line in text.splitlines():
+        prefixes = list(_MINERVA_PREFIX_RE.finditer(line))
+        if not prefixes:
+            continue
+        rest = line[prefixes[-1].end():]
+        close = _MINERVA_CLOSE_RE.search(rest, 1)  # the answer has at least one character
+        answer = rest[:close.start()] if close else rest.rstrip()
+        if not close and answer.endswith(".") and len(answer) > 1:
+            answer = answer[:-1]
+        answer = _strip_dollars(answer)
+        if answer:
+            last = answer
+    return last
+
+
+class _NextCloser:
+    """Positions of a closing delimiter at or after a position that only grows during a scan:
+    each ``find`` starts past the last answer, so a whole scan costs one pass over the text."""
+
+    def __init__(self, text: str, closer: str, unescaped: bool = False):
+        self.text, self.closer, self.unescaped = text, closer, unescaped
+        self.found = -2   # -2: not searched yet; -1: no more occurrences
+
+    def at_or_after(self, position: int) -> int:
+        if self.found == -1 or self.found >= position:
+            return self.found
+        k = self.text.find(self.closer, position)
+        while self.unescaped and k > 0 and self.text[k - 1] == "\\":
+            k = self.text.find(self.closer, k + 1)
+        self.found = k
+        return k
+
+
+_OPENER_RE = re.compile(r"\$|\\[\[(]")
+
+
+def latex_spans(text: str) -> list[str]:
+    """Contents of the ``$$...$$``, ``$...$`` (neither ``$`` escaped), ``\\[...\\]`` and
+    ``\\(...\\)`` spans, scanned left to right as a regex would (leftmost span first, ``$$``
+    before ``$``, spans do not overlap, each closes at its first closer), in linear time."""
+    double, single = _NextCloser(text, "$$"), _NextCloser(text, "$", unescaped=True)
+    bracket, paren = _NextCloser(text, "\\]"), _NextCloser(text, "\\)")
+    spans, resume = [], 0
+    for opener in _OPENER_RE.finditer(text):  # candidate openers, found in C
+        i = opener.start()
+        if i < resume:
+            continue  # inside the span just taken
+        if text[i] == "$":
+            if text.startswith("$$", i):
+                k = double.at_or_after(i + 3)
+                if k != -1:
+                    spans.append(text[i + 2:k])
+                    resume = k + 2
+                    continue
+            if i == 0 or text[i - 1] != "\\":
+                k = single.at_or_after(i + 2)
+                if k != -1:
+                    spans.append(text[i + 1:k])
+                    resume = k + 1
+        else:
+            k = (bracket if text[i + 1] == "[" else paren).at_or_after(i + 3)
+            if k != -1:
+                spans.append(text[i + 2:k])
+                resume = k + 2
+    return spans
 
 
 def extract_math_answer(text: str) -> tuple[str | None, str | None]:
@@ -127,7 +192,7 @@ def extract_math_answer(text: str) -> tuple[str | None, str | None]:
     minerva = minerva_answer(text)
     if minerva:
         return minerva, "minerva"
-    spans = [next(g for g in m.groups() if g is not None).strip() for m in _LATEX_SPAN_RE.finditer(text)]
+    spans = [span.strip() for span in latex_spans(text)]
     spans = [span for span in spans if span]
     if spans:
         return spans[-1], "latex"
@@ -136,10 +201,18 @@ def extract_math_answer(text: str) -> tuple[str | None, str | None]:
 
 
 def _strip_dollars(s: str) -> str:
-    s = s.strip()
-    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":
-        s = s[1:-1].strip()
-    return s
+    """Strip surrounding ``$`` pairs and spaces, by index (slicing per pair would copy the
+    string once per pair: quadratic on a prediction of 50,000 ``$``)."""
+    i, j = 0, len(s)
+    while True:
+        while i < j and s[i].isspace():
+            i += 1
+        while j > i and s[j - 1].isspace():
+            j -= 1
+        if j - i >= 2 and s[i] == "$" and s[j - 1] == "$":
+            i, j = i + 1, j - 1
+        else:
+            return s[i:j]
 
 
 def _gold_answer(ground_truth: Any) -> str:
@@ -299,10 +372,22 @@ class _WorkerPool:
                 return {"equal": False, "error": f"worker crashed: {e}"}
             if result is None:
                 worker.kill()
+                # Start its replacement now, in the background: the next call should not pay
+                # the interpreter start on top of its own limit (an adversarial batch times out
+                # one call after another).
+                threading.Thread(target=self._add_spare, daemon=True).start()
                 return {"equal": False, "error": "timeout"}
             with self._lock:
                 self._idle.append(worker)
             return result
+
+    def _add_spare(self) -> None:
+        try:
+            worker = _Worker(STARTUP_TIMEOUT_S)
+        except (RuntimeError, OSError):
+            return  # the next call starts one itself and reports the failure
+        with self._lock:
+            self._idle.append(worker)
 
     def shutdown(self) -> None:
         if os.getpid() != self._pid:
@@ -367,12 +452,21 @@ class MathVerifier(Verifier):
     def extract(self, prediction: str) -> tuple[str | None, str | None]:
         return extract_math_answer(prediction)
 
+    def check_ground_truth(self, ground_truth: Any) -> None:
+        if ground_truth is None or not _gold_answer(ground_truth):
+            raise ValueError(f"math ground truth is empty: {ground_truth!r:.200} (give the answer, e.g. "
+                             f"\"\\frac{{1}}{{2}}\", or a solution holding \\boxed{{...}})")
+
     def __call__(self, prediction: str, ground_truth: Any) -> VerificationResult:
+        started = time.monotonic()
         gold = _gold_answer(ground_truth)
         answer, source = self.extract(prediction or "")
         if answer is None:
             return VerificationResult(0.0, None, {"source": None, "gold": gold})
-        equal, details = _equivalent(gold, answer, pred_raw=source == "text", timeout=self.timeout)
+        # The limit covers the whole call: extraction (linear, in this process) comes off the
+        # worker's share, so even a 100 kB adversarial prediction answers within ``timeout``.
+        remaining = max(0.05, self.timeout - (time.monotonic() - started))
+        equal, details = _equivalent(gold, answer, pred_raw=source == "text", timeout=remaining)
         if source == "text" and details.get("pred_parsed"):
             answer = details["pred_parsed"]  # what math-verify found in the free text
         details = {"source": source, "gold": gold, **details}

@@ -9,8 +9,17 @@ from posttrain.config import TrainingOptions, save_config
 
 
 def prepare_run(options: TrainingOptions, command: str) -> Path:
-    run_dir = Path(options.out)
+    """Check every input (``train/preflight.py``), then claim the run folder: create it, lock it
+    against a second run, clear it when ``overwrite`` is set, and save the resolved config."""
+    from posttrain.train.preflight import preflight
+    from posttrain.train.run_folder import is_main_process, lock_run_folder, reset_run_folder
+
+    run_dir = preflight(options)   # before any model loads: bad input fails in seconds
     run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        lock_run_folder(run_dir)
+        if options.overwrite:
+            reset_run_folder(run_dir)
     save_config(options, run_dir / "config.yaml")
     (run_dir / "command.txt").write_text(command + "\n")
     return run_dir

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from posttrain.config import TrainingOptions, opt
-from posttrain.data.formats import DataError, validate_preference_row
+from posttrain.data.formats import DataError, row_location, validate_preference_row
 from posttrain.data.tokenize import IGNORE_INDEX, encode_prompt
 from posttrain.data.templates import TemplateError
 
@@ -90,9 +90,10 @@ def validate_pairs(rows: list[dict], source: str, skip_invalid: bool, stats: Pai
     out = []
     for i, row in enumerate(rows):
         try:
+            where = row_location(row, source, i)   # the file's own line, whatever the shuffle did
             if not isinstance(row, dict):
-                raise DataError(f"{source}, row {i}: expected an object with named columns, got {type(row).__name__}")
-            out.append(validate_preference_row(row, source, i))
+                raise DataError(f"{where}: expected an object with named columns, got {type(row).__name__}")
+            out.append(validate_preference_row(row, where, None))
         except DataError as e:
             if not skip_invalid:
                 raise DataError(f"{e} (or set skip_invalid_rows=true to skip and count such rows)") from None

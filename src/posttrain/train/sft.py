@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from posttrain.config import SFTConfig
-from posttrain.data import collate_packed, collate_padded, encode_conversation, mix_sources, pack_sequences, \
+from posttrain.data import DataError, collate_packed, collate_padded, encode_conversation, mix_sources, pack_sequences, \
     validate_rows
 from posttrain.data.cache import cached_tokenize
 from posttrain.data.packing import sequence_ids
@@ -111,6 +111,10 @@ def run_sft(config: SFTConfig, command: str = "posttrain sft"):
     # --- data: mix, validate, tokenise (cached), pack
     rows = mix_sources(config.data, seed=config.seed)
     examples, dropped = tokenize_sft(rows, tokenizer, config.max_length, source="data")
+    if not examples:  # else the engine would blame the data size or the batch
+        raise DataError(f"data: every one of the {dropped} conversations is longer than max_length="
+                        f"{config.max_length} tokens before its first assistant token, so nothing is left to "
+                        f"train on. Raise max_length or shorten the prompts")
     log(f"[bold]sft[/] {len(examples)} conversations ({dropped} dropped: no trained token left after "
         f"truncation to {config.max_length})", main)
     batches = SFTBatches(examples, tokenizer.pad_token_id, config.max_length, config.packing)

@@ -1,0 +1,134 @@
+"""Check every input of a training run before any model loads.
+
+A run that fails an hour in, or at the step that happens to sample a bad row, costs the user the
+hour; a run that silently trains on the wrong thing costs more. So each trainer's
+``prepare_run`` calls :func:`preflight` first, and the run starts only when
+
+1. the run folder can be used (not a file, writable, not resumed under a changed config:
+   ``train/run_folder.py``);
+2. every data source loads and every row has the shape its trainer needs (``data/formats.py``),
+   the error naming the source file and the row's own line, whatever the mixture did;
+3. for RL: every reward component is well formed (known keys, known verifiers, importable
+   functions), and every row's verifier exists and accepts the row's ground truth.
+
+Every failure is a ``ConfigError`` or ``DataError``, which the CLI prints as one line (exit
+code 2, no traceback).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from posttrain.config import ConfigError, TrainingOptions
+from posttrain.data.formats import VALIDATORS, DataError, row_location
+from posttrain.data.sources import mix_sources
+from posttrain.train.run_folder import check_out_folder, check_resume_config, is_main_process
+
+__all__ = ["preflight", "check_rows", "check_reward_components", "check_row_rewards"]
+
+
+def preflight(options: TrainingOptions) -> Path:
+    """Run every check above for ``options``; returns the run folder (not yet created)."""
+    run_dir = check_out_folder(options.out)
+    if is_main_process():
+        check_resume_config(options, run_dir)
+    if hasattr(options, "reward"):   # online RL: grpo, rloo, ppo, nlpo
+        _check_rl(options)
+    else:
+        kind = "sft" if _is_sft(options) else "preference"
+        # Preference trainers may skip and count bad rows (skip_invalid_rows): then only the
+        # sources themselves must load.
+        skip = getattr(options, "skip_invalid_rows", False)
+        for field in ("data", "eval_data"):
+            sources = getattr(options, field, None)
+            if sources:
+                rows = mix_sources(sources, seed=options.seed)
+                if not skip:
+                    check_rows(rows, kind, field)
+    return run_dir
+
+
+def _is_sft(options) -> bool:
+    from posttrain.config import SFTConfig
+
+    return isinstance(options, SFTConfig)
+
+
+def check_rows(rows: list, kind: str, source: str) -> list[tuple[str, dict]]:
+    """Validate every row as ``kind``; returns (location, normalised row) pairs."""
+    if not rows:
+        raise DataError(f"{source}: no rows (empty file or split)")
+    check = VALIDATORS[kind]
+    out = []
+    for i, row in enumerate(rows):
+        where = row_location(row, source, i)
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object with named columns, got {type(row).__name__}")
+        out.append((where, check(row, where, None)))
+    return out
+
+
+# --------------------------------------------------------------------------- RL
+
+
+def _check_rl(options) -> None:
+    check_reward_components(options.reward)
+    verifier_entries = [e for e in options.reward if "verifier" in e]
+    fixed = next((e["verifier"] for e in verifier_entries if e["verifier"] != "auto"), None)
+    needs_answer = bool(verifier_entries)   # as the trainer decides: else bare prompts will do
+    rows = check_rows(mix_sources(options.data, seed=options.seed), "rlvr" if needs_answer else "rl_prompt", "data")
+    if needs_answer:
+        check_row_rewards(rows, fixed)
+    if options.eval_data:   # held-out accuracy always scores with each row's own verifier
+        check_row_rewards(check_rows(mix_sources(options.eval_data, seed=options.seed), "rlvr", "eval_data"), None)
+
+
+def check_reward_components(spec) -> None:
+    """Each reward component is well formed, its verifier exists and takes its options, and its
+    function imports, all as a ConfigError that names the entry. Reward models are not loaded."""
+    from posttrain.rewards.compose import VerifierReward, check_reward_spec, load_callable
+
+    try:
+        check_reward_spec(spec)
+        for i, entry in enumerate(spec):
+            if "verifier" in entry:
+                try:
+                    VerifierReward(entry["verifier"], correct_value=entry.get("correct_value", 1.0),
+                                   verifier_options=entry.get("options"))
+                except TypeError as e:   # a misspelled option of the verifier's constructor
+                    raise ValueError(f"reward entry {i}: verifier {entry['verifier']!r} does not take options "
+                                     f"{entry.get('options')} ({e})") from None
+            elif "function" in entry and isinstance(entry["function"], str):
+                load_callable(entry["function"])
+            elif "reward_model" in entry:
+                target = str(entry["reward_model"])
+                if target.startswith((".", "/", "~", "runs/")) and not Path(target).expanduser().exists():
+                    raise ValueError(f"reward entry {i}: reward model folder {target} does not exist")
+    except (ValueError, TypeError, KeyError, ImportError, AttributeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise ConfigError(f"reward: {message}") from None
+
+
+def check_row_rewards(rows: list[tuple[str, dict]], fixed_verifier: str | None) -> None:
+    """Every row names a registered verifier (its own, else the reward's fixed one) whose
+    ``check_ground_truth`` accepts the row's ground truth."""
+    import difflib
+
+    from posttrain.rewards.base import get_verifier, list_verifiers
+
+    known = list_verifiers()
+    verifiers: dict = {}
+    for where, row in rows:
+        name = row.get("verifier") or fixed_verifier
+        if name is None:
+            continue   # rows without an answer (bare prompts) are not scored by a verifier
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DataError(f"{where}, field 'verifier': unknown verifier {name!r}{hint}; known: {', '.join(known)}. "
+                            f"Fix the row's 'verifier' (or 'dataset') column")
+        verifier = verifiers.setdefault(name, get_verifier(name))
+        try:
+            verifier.check_ground_truth(row.get("ground_truth"))
+        except (ValueError, TypeError) as e:
+            raise DataError(f"{where}, field 'ground_truth': the {name} verifier cannot use it: {e}") from None
