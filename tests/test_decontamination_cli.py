@@ -83,9 +83,9 @@ def test_exact_mode_and_an_eval_source_file(tmp_path, capsys):
 def test_decontaminate_errors(tmp_path, capsys):
     rc = cli_main(["decontaminate", "--train", str(tmp_path / "missing.jsonl"), "--eval", "humaneval"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and len(err) == 1 and "missing.jsonl does not exist" in err[0]
+    assert rc == 2 and len(err) == 1 and "missing.jsonl does not exist" in err[0]
     rc = cli_main(["decontaminate", "--train", "builtin:arithmetic_sft", "--eval", "humaneval", "--threshold", "2"])
-    assert rc == 1 and "--threshold must be in (0, 1]" in capsys.readouterr().err
+    assert rc == 2 and "--threshold must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_decontaminate_help_documents_options(capsys):
@@ -129,4 +129,4 @@ def test_data_inspect_whitespace_fallback_and_missing_source(tmp_path, capsys):
     assert "whitespace words" in out
     rc = cli_main(["data", "inspect", str(tmp_path / "nope.jsonl")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and len(err) == 1 and "nope.jsonl does not exist" in err[0]
+    assert rc == 2 and len(err) == 1 and "nope.jsonl does not exist" in err[0]

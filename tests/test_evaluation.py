@@ -55,7 +55,7 @@ def test_registry_tags_and_suites():
     assert not set(SUITES["dev"]) & set(SUITES["unseen"])
     assert resolve_tasks("dev") == (SUITES["dev"], True)
     assert resolve_tasks("arith_builtin, humaneval") == (["arith_builtin", "humaneval"], False)
-    with pytest.raises(ConfigError, match="unknown task 'nope'; known tasks: arith_builtin, "):
+    with pytest.raises(ConfigError, match="unknown task 'nope'. Known tasks: arith_builtin, "):
         resolve_tasks("arith_builtin,nope")
 
 
@@ -302,14 +302,14 @@ def test_harness_without_lm_eval_says_pip_install(tmp_path, monkeypatch, capsys)
     rc = cli_main(["eval", "--model", "smollm2-135m-instruct", "--harness", "lm_eval", "--tasks", "arc_easy",
                    "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and len(err) == 1 and "pip install lm-eval" in err[0]
+    assert rc == 2 and len(err) == 1 and "pip install lm-eval" in err[0]
 
 
 # --------------------------------------------------------------------------- CLI errors
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "x", "--tasks", "nope"], "unknown task 'nope'; known tasks: arith_builtin"),
+    (["--model", "x", "--tasks", "nope"], "unknown task 'nope'. Known tasks: arith_builtin"),
     (["--model", "x", "--tasks", "gsm8k", "--data-file", "/no/such/gsm8k.jsonl"], "data file /no/such/gsm8k.jsonl"),
     (["--model", "./no/such/model", "--tasks", "arith_builtin", "--limit", "1"], "model path './no/such/model' does not exist"),
     (["--tasks", "arith_builtin"], "give --model (or --predictions FILE)"),
@@ -322,7 +322,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, argv, message):
     argv = [a.replace("{preds}", str(preds)) for a in argv]
     rc = cli_main(["eval", *argv, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()  # progress lines may come first
-    assert rc == 1
+    assert rc == 2
     assert [e for e in err if "error" in e] == err[-1:], err
     assert err[-1].startswith("posttrain eval: error:") and message in err[-1], err
 

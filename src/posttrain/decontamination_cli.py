@@ -28,13 +28,35 @@ def eval_texts(spec: str) -> tuple[str, list[str]]:
     from posttrain.data.sources import load_source
     from posttrain.evaluation.tasks import TASKS, task_prompts
 
+    from posttrain.config import ConfigError
+    from posttrain.evaluation.tasks import close_task_name
+
     task, sep, path = spec.partition("=")
     if sep and task in TASKS:
         return task, task_prompts(task, {task: path})
+    if sep:
+        raise ConfigError(f"--eval {spec}: unknown task {task!r}.{close_task_name(task)} TASK=FILE needs a task name "
+                          f"({', '.join(TASKS)})")
     if spec in TASKS:
         return spec, task_prompts(spec)
+    hint = close_task_name(spec)
+    if hint and not Path(spec).expanduser().exists() and not spec.startswith("builtin:") and "/" not in spec:
+        # a typo of a task name, not a hub dataset: say so rather than "offline"
+        raise ConfigError(f"--eval {spec}: not a task, a local file or a built-in set.{hint}")
     rows = load_source(spec)
+    check_text_rows(rows, spec)
     return spec, [row_text(r, "prompt") or row_text(r) for r in rows]
+
+
+def check_text_rows(rows: list, spec: str) -> None:
+    """Every row has a text column, else an error naming the row's file and line."""
+    from posttrain.data.formats import DataError, row_location
+
+    for i, row in enumerate(rows):
+        try:
+            row_text(row)
+        except ValueError as e:
+            raise DataError(f"{row_location(row, spec, i)}: {e}. Give each row one of these columns") from None
 
 
 def clean_path(out_dir: Path, spec: str) -> Path:
@@ -78,7 +100,14 @@ def main(argv: list[str]) -> int:
         raise ConfigError(f"--threshold must be in (0, 1]; got {args.threshold}")
     if args.ngram is not None and args.ngram < 1:
         raise ConfigError(f"--ngram must be >= 1; got {args.ngram}")
+    from posttrain.train.run_folder import check_out_folder
+
+    check_out_folder(Path(args.report).expanduser().parent, "--report's folder")
+    if args.write_clean:
+        check_out_folder(args.write_clean, "--write-clean")
     train = {spec: load_source(spec, split=args.split) for spec in args.train}
+    for spec, rows in train.items():
+        check_text_rows(rows, spec)
     evals = dict(eval_texts(spec) for spec in args.eval)
     report = decontaminate(train, evals, ngram=args.ngram, threshold=args.threshold, mode=args.mode,
                            fields=args.fields, workers=args.workers)

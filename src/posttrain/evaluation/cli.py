@@ -83,6 +83,9 @@ def main(argv: list[str]) -> int:
 
     if args.model is None and args.predictions is None:
         raise ConfigError("give --model (or --predictions FILE)")
+    from posttrain.train.run_folder import check_out_folder
+
+    check_out_folder(args.out, "--out")   # before any model loads
     if args.harness:
         if not args.tasks:
             raise ConfigError("--harness lm_eval needs --tasks (the harness's task names)")

@@ -139,7 +139,13 @@ class PredictionsGenerator:
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
                     raise DataError(f"{path}, line {line_no}: need a JSON object with 'id' and 'completion' "
                                     f"(or 'completions') and optionally 'task' ({type(e).__name__}: {e})") from None
-                self.table[key] = [str(c) for c in completions]
+                if not isinstance(completions, list) or not all(isinstance(c, str) for c in completions):
+                    bad = completions if not isinstance(completions, list) else \
+                        next(c for c in completions if not isinstance(c, str))
+                    raise DataError(f"{path}, line {line_no}: each completion must be a string (the model's "
+                                    f"text), got {type(bad).__name__} {str(bad)[:80]}. Write the text itself, "
+                                    f"e.g. {{\"id\": ..., \"completion\": \"...\"}}")
+                self.table[key] = list(completions)
         self.calls = 0
 
     def lookup(self, task: str, sample_id: str, num_samples: int) -> list[str]:

@@ -96,12 +96,17 @@ def _hub_rows(ctx: TaskContext, task: str, name: str, split: str, config: str | 
 
 
 def _need(rows: list[dict], columns: tuple[str, ...], task: str) -> list[dict]:
-    from posttrain.data.formats import DataError
+    """Every row (not only the first) has every column, else an error naming the row's file and line."""
+    from posttrain.data.formats import DataError, row_location
 
-    missing = [c for c in columns if rows and c not in rows[0]]
-    if missing:
-        raise DataError(f"task {task}: data rows lack column(s) {missing}; expected {list(columns)} "
-                        f"(got {sorted(rows[0])})")
+    for i, row in enumerate(rows):
+        where = row_location(row, f"task {task} data", i)
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object with columns {list(columns)}, got {type(row).__name__}")
+        missing = [c for c in columns if row.get(c) is None]
+        if missing:
+            raise DataError(f"{where}: missing column(s) {missing}; task {task} needs {list(columns)} in every row "
+                            f"(this row has {sorted(map(str, row))})")
     return rows
 
 
@@ -293,9 +298,18 @@ def list_tasks() -> list[str]:
     return list(TASKS)
 
 
+def close_task_name(name: str) -> str:
+    """" Did you mean 'X'?" for a near miss of a task or suite name, else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [*TASKS, *SUITES], n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} (suites: {', '.join(SUITES)})")
+        raise ConfigError(f"unknown task {name!r}.{close_task_name(name)} Known tasks: {', '.join(TASKS)} "
+                          f"(suites: {', '.join(SUITES)})")
     return TASKS[name]
 
 

@@ -62,20 +62,22 @@ def is_main_process() -> bool:
 # --------------------------------------------------------------------------- the folder itself
 
 
-def check_out_folder(out: str | Path) -> Path:
-    """The run folder as a path, or a ConfigError when it cannot be one: it is a file, or it
-    (or the nearest folder above it that exists) is not writable."""
+def check_out_folder(out: str | Path, option: str = "out") -> Path:
+    """The output folder as a path, or a ConfigError when it cannot be one: it is a file, or it
+    (or the nearest folder above it that exists) is not writable. ``option`` names the setting
+    in the message (``out``, ``--out``, ``--write-clean``)."""
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"out={out}: this is a file, not a folder. Choose another out (e.g. out={path}-run)")
+        raise ConfigError(f"{option}={out}: this is a file, not a folder. Choose another folder "
+                          f"(e.g. {option}={path}-run)")
     existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"out={out}: {existing} is a file, so the run folder cannot be made there")
+        raise ConfigError(f"{option}={out}: {existing} is a file, so the folder cannot be made there")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"out={out}: {existing} is not writable by this user. Choose a folder you can write "
-                          f"(e.g. under your home), or fix its permissions")
+        raise ConfigError(f"{option}={out}: {existing} is not writable by this user. Choose a folder you can "
+                          f"write (e.g. under your home), or fix its permissions")
     return path
 
 
