@@ -416,6 +416,12 @@ def evaluate(
         from posttrain.evaluation.harness import require_harness
 
         require_harness(harness or "lm_eval")
+    for name in names:  # a local data file is read and checked (every row) before any model loads
+        if name in data_files:
+            try:
+                TASKS[name].load(TaskContext(data_files=data_files, limit=limit))
+            except DataError as e:
+                raise DataError(f"task {name}: {e}") from None
     if any(TASKS[n].kind in ("generate", "loglik", "winrate") and _missing_needs(TASKS[n], run) is None
            for n in names) or harness_tasks:
         run.generator()  # load the model first: a model that cannot load fails before any work
