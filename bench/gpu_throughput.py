@@ -23,6 +23,10 @@ given for GRPO (generation's FLOPs are not the bottleneck there).
     python bench/gpu_throughput.py --only sft,dpo
     python bench/gpu_throughput.py --only grpo --sides posttrain --ours rollout_cache=static
     python bench/gpu_throughput.py --tiny               # a 2-layer model on CPU: checks the script runs
+    python bench/gpu_throughput.py --only dpo --sides trl --model-dir /tmp/m --json dpo-trl.json
+
+``bench/gpu_suite.py`` runs it one benchmark and one side per process (``--json``, ``--model-dir``
+shared between them), so a side that runs past its time budget is cut alone.
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ parser.add_argument("--peak-tflops", type=float, default=989.0)
 parser.add_argument("--tiny", action="store_true", help="tiny model and lengths, CPU allowed: a smoke run")
 parser.add_argument("--ours", default="", help="extra key=value options for posttrain's runs (space separated), "
                     "e.g. 'rollout_cache=static' or 'chunked_loss=false' to time one fast path against its absence")
+parser.add_argument("--tokenizer", default=os.environ.get("POSTTRAIN_BENCH_TOKENIZER", "smollm2-135m-instruct"),
+                    help="tokenizer spec (a saved tokenizer folder where the embedded model is not installed)")
+parser.add_argument("--model-dir", default="", help="reuse the model folder there (built there when absent) "
+                    "instead of a temporary one")
+parser.add_argument("--json", default="", help="also write the results (and the run's settings) to this file")
 args = parser.parse_args()
 
 GPU = torch.cuda.is_available()
@@ -80,19 +89,29 @@ def length_reward(prompts, completions, **_):
 
 # --- model folder and random-token text
 def build_model_dir() -> tuple[str, object, int]:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from posttrain.models import load_tokenizer
 
-    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    if args.model_dir and (Path(args.model_dir) / "config.json").exists():
+        tokenizer = load_tokenizer(args.model_dir)
+        with torch.device("meta"):   # the parameter count without the weights
+            params = sum(p.numel() for p in AutoModelForCausalLM.from_config(
+                AutoConfig.from_pretrained(args.model_dir)).parameters())
+        return args.model_dir, tokenizer, params
+    tokenizer = load_tokenizer(args.tokenizer)
     config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, **SHAPE)
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config)
-    path = work / "model"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    path = Path(args.model_dir) if args.model_dir else work / "model"
+    tmp = path.with_name(path.name + ".tmp")   # renamed into place whole: a cut build leaves no half folder
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
     params = sum(p.numel() for p in model.parameters())
     return str(path), tokenizer, params
 
@@ -270,6 +289,18 @@ def bench_grpo(model_dir, tokenizer) -> dict:
                    "peak GB": side.peak_gb} for name, (s, side) in results.items()}
 
 
+def write_json(table: dict, device: str):
+    """The results so far, NaN as null (strict JSON)."""
+    if not args.json:
+        return
+    clean = lambda v: None if isinstance(v, float) and v != v else v  # noqa: E731
+    blob = {"device": device, "torch": torch.__version__, "shape": SHAPE, "parameters": PARAMS,
+            "precision": PRECISION, "warmup": args.warmup, "steps": args.steps, "tiny": args.tiny,
+            "ours": args.ours, "results": {b: {side: {k: clean(v) for k, v in row.items()} for side, row in sides.items()}
+                                            for b, sides in table.items()}}
+    Path(args.json).write_text(json.dumps(blob, indent=1))
+
+
 def main():
     global PARAMS
     model_dir, tokenizer, params = build_model_dir()
@@ -278,9 +309,11 @@ def main():
     print(f"{device}; torch {torch.__version__}; Qwen2 {SHAPE} → {params / 1e6:.1f} M parameters; {PRECISION}")
     benches = {"sft": bench_sft, "dpo": bench_dpo, "grpo": bench_grpo}
     table = {}
-    for name in args.only.split(","):
+    write_json(table, device)
+    for name in filter(None, args.only.split(",")):
         table[name] = benches[name](model_dir, tokenizer)
         print(json.dumps({name: table[name]}), flush=True)
+        write_json(table, device)
     print(f"\n{'':6s} {'side':10s} {'figure':>22s} {'MFU':>7s} {'peak GB':>8s}")
     for name, sides in table.items():
         for side, row in sides.items():
