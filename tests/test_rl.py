@@ -223,7 +223,10 @@ def test_algorithms_run_end_to_end(cls, extra, tiny_model_dir, tiny_rm_dir, tmp_
         assert {"value_loss", "explained_variance", "kl", "clip_fraction", "entropy"} <= set(train[-1])
         assert train[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # π = π_ref before the first update
         assert all(math.isfinite(r["kl"]) for r in train)  # k1 may be < 0 on a sample
-        assert (out / "checkpoints" / "rl-step-000002.pt").exists()
+        # the value model, its optimizer and the KL coefficient live inside the engine's checkpoint
+        blob = torch.load(out / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=False)
+        assert set(blob["models"]) == {"value"} and len(blob["optimizers"]) == 2
+        assert blob["extra"]["kl_coef"] == pytest.approx(train[-1]["beta"])
 
 
 def test_nlpo_sampler_stays_inside_the_mask(tiny_model_dir):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from posttrain.config import ConfigError, load_config
+from posttrain.models.kv_cache import CACHE_ARG
 from posttrain.train.rl.config import GRPOConfig
 from test_rl import read_metrics, rl_config, tiny_policy
 
@@ -19,7 +20,7 @@ def cache_types(model):
     seen = set()
 
     def hook(module, args, kwargs):
-        seen.add(type(kwargs.get("past_key_values")).__name__)
+        seen.add(type(kwargs.get(CACHE_ARG)).__name__)
 
     return seen, model.register_forward_pre_hook(hook, with_kwargs=True)
 

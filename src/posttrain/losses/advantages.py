@@ -161,7 +161,8 @@ def gae(
 
 
 def whiten(
-    x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8
+    x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8,
+    reduce_sum: Callable[[list[float]], list[float]] | None = None,
 ) -> torch.Tensor:
     """Normalise ``x`` to unit variance (and zero mean unless ``shift_mean=False``) over the
     entries where ``mask`` is 1 (all entries when ``mask`` is None):
@@ -169,15 +170,21 @@ def whiten(
         x̂ = (x - μ) / sqrt(σ² + eps)      (+ μ again when shift_mean=False)
 
     σ² is the unbiased (n - 1) variance over the masked entries, as in TRL's ``masked_whiten``.
-    Masked-out entries are returned as 0. Statistics are over the whole tensor (the local
-    batch): whitening is not invariant to how the batch is split across processes.
+    Masked-out entries are returned as 0. Statistics are over the whole tensor; ``reduce_sum``
+    (element-wise sums over processes, ``Engine.all_reduce_sum``) makes them those of the global
+    batch, so whitening does not depend on how the batch is split across processes.
     """
     if mask is None:
         mask = torch.ones_like(x)
     mask = mask.to(x.dtype)
-    n = mask.sum()
-    mean = (x * mask).sum() / n
-    var = (((x - mean) ** 2) * mask).sum() / (n - 1).clamp(min=1)
+    n, total = mask.sum(), (x * mask).sum()
+    if reduce_sum is not None:
+        n, total = (torch.tensor(v, dtype=x.dtype) for v in reduce_sum([float(n), float(total)]))
+    mean = total / n
+    squares = (((x - mean) ** 2) * mask).sum()
+    if reduce_sum is not None:
+        squares = torch.tensor(reduce_sum([float(squares)])[0], dtype=x.dtype)
+    var = squares / (n - 1).clamp(min=1)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -118,7 +118,7 @@ def load_model(spec: str, dtype: str = "float32", gradient_checkpointing: bool =
         tok = load_tokenizer(spec)
         model.config.pad_token_id = tok.pad_token_id
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         model.config.use_cache = False
     if device is not None:
         model.to(device)
@@ -135,18 +135,32 @@ def apply_lora(model, rank: int = 16, alpha: int = 32, dropout: float = 0.05,
     return get_peft_model(model, config)
 
 
-def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = True) -> Path:
+def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = True, state_dict: dict | None = None) -> Path:
     """Save in Hugging Face format (safetensors + config + tokenizer + chat template), loadable by
     ``AutoModelForCausalLM.from_pretrained`` and vLLM. LoRA models are merged into full weights
-    unless ``merge_lora`` is False (then the adapter alone is saved)."""
+    unless ``merge_lora`` is False (then the adapter alone is saved). ``state_dict``: the full
+    weights when ``model`` holds only a shard of them (FSDP, ZeRO-3; ``Engine.full_state_dict``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DDP
+    # a peft model's state dict is the adapter's (and merging rebuilds the weights): use the model's own
+    if hasattr(model, "peft_config"):
+        state_dict = None
     if merge_lora and hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(out_dir, safe_serialization=True)
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    model.save_pretrained(out_dir, safe_serialization=True, **extra)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each layer's activations in backward (non-reentrant, so frozen inputs work).
+    transformers 5.25 renamed ``gradient_checkpointing_enable``; older releases have only that."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -100,12 +100,13 @@ def shared_prompt_scores(model, prompts: list[list[int]], row_index: torch.Tenso
     """(B,) scores of a decoder reward model where row b is ``prompts[row_index[b]]`` followed by
     its response: each distinct prompt runs once through the backbone and the responses continue
     from its copied KV cache (``train/layout.py``); the head reads the last response token."""
+    from posttrain.models.kv_cache import kv_cache
     from posttrain.train.layout import continue_from_cache, shared_prompt_cache
 
     inner = getattr(model, "module", model)
     backbone = inner.base_model  # hidden states, no LM or score head
     out, prompt = shared_prompt_cache(backbone, prompts, row_index, pad_id, response_ids_BR.device, logits_to_keep=None)
-    hidden_BRD = continue_from_cache(backbone, prompt, out.past_key_values, response_ids_BR).last_hidden_state
+    hidden_BRD = continue_from_cache(backbone, prompt, kv_cache(out), response_ids_BR).last_hidden_state
     device = response_ids_BR.device
     last_B = response_mask_BR.long().sum(-1) - 1
     hidden_BD = hidden_BRD[torch.arange(hidden_BRD.shape[0], device=device), last_B]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from posttrain.losses.linear_ce import linear_log_probs
+from posttrain.models.kv_cache import kv_cache, with_cache
 from posttrain.losses.policy import apply_action_mask, entropy_from_logits
 from posttrain.train.lm_head import capture_final_hidden, chunkable_head, final_hidden_states
 
@@ -82,7 +83,7 @@ def shared_prompt_cache(model, unique_prompts: list[list[int]], row_index: torch
     extra = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
     out = model(**prompt, use_cache=True, **extra)
     index = row_index.to(device)
-    out.past_key_values.batch_select_indices(index)
+    kv_cache(out).batch_select_indices(index)
     return out, {k: v[index] for k, v in prompt.items()}
 
 
@@ -93,7 +94,7 @@ def continue_from_cache(model, prompt: dict, cache, continuation_ids: torch.Tens
     positions = prompt["position_ids"][:, -1:] + 1 + torch.arange(T, device=continuation_ids.device)
     attention = torch.cat([prompt["attention_mask"], torch.ones_like(continuation_ids)], dim=1)
     return model(input_ids=continuation_ids, attention_mask=attention, position_ids=positions,
-                 past_key_values=cache, use_cache=True, **forward_kwargs)
+                 use_cache=True, **with_cache(cache), **forward_kwargs)
 
 
 def shared_prefix_logits(model, unique_prompts: list[list[int]], row_index: torch.Tensor,
@@ -104,7 +105,7 @@ def shared_prefix_logits(model, unique_prompts: list[list[int]], row_index: torc
     first = out.logits[row_index.to(completion_ids.device)]  # predicts completion token 0
     if completion_ids.shape[1] == 1:
         return first
-    rest = continue_from_cache(model, prompt, out.past_key_values, completion_ids[:, :-1]).logits
+    rest = continue_from_cache(model, prompt, kv_cache(out), completion_ids[:, :-1]).logits
     return torch.cat([first, rest], dim=1)
 
 
@@ -176,7 +177,7 @@ def _completion_hidden(model, decoder, prompt_ids, completion_ids, pad_id, share
             if T == 1:
                 return first
             with capture_final_hidden(decoder) as rest:
-                continue_from_cache(model, prompt, out.past_key_values, completion_ids[:, :-1], logits_to_keep=1)
+                continue_from_cache(model, prompt, kv_cache(out), completion_ids[:, :-1], logits_to_keep=1)
             return torch.cat([first, rest["hidden"]], dim=1)
     inputs = forward_inputs(prompt_ids, completion_ids, pad_id, device=completion_ids.device)
     P = inputs.pop("prompt_length")

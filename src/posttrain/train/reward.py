@@ -123,6 +123,7 @@ def subset_breakdown(model, tokenizer, config: RewardConfig, rows: list[dict], r
 
 def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
     from posttrain.data import mix_sources
+    from posttrain.models.loading import enable_activation_checkpointing
     from posttrain.rewards.reward_model import freeze_lower_layers, load_reward_model
     from posttrain.train.common import log, prepare_run
     from posttrain.train.engine import Engine
@@ -138,7 +139,7 @@ def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model.config.use_cache = False
     engine = Engine(config, model, tokenizer)
     main = engine.is_main

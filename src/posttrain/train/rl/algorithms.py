@@ -62,7 +62,7 @@ def token_rewards(scores_B, old_logps_BT, ref_logps_BT, mask_BT, beta: float, kl
     return rewards_BT
 
 
-def grpo_advantages(scores_B, batch, config) -> Advantages:
+def grpo_advantages(scores_B, batch, config, reduce_sum=None) -> Advantages:
     rewards_B = sequence_rewards(scores_B, batch["old_logps"], batch.get("ref_logps"), batch["mask"], config.beta,
                                  config.kl_in, config.kl_estimator)
     advantages_B, diag = group_advantages(rewards_B, config.group_size, config.advantage_normalize)
@@ -72,7 +72,7 @@ def grpo_advantages(scores_B, batch, config) -> Advantages:
     return Advantages(advantages_B, keep, {"zero_variance_share": float(diag["frac_zero_std"])})
 
 
-def rloo_algorithm_advantages(scores_B, batch, config) -> Advantages:
+def rloo_algorithm_advantages(scores_B, batch, config, reduce_sum=None) -> Advantages:
     rewards_B = sequence_rewards(scores_B, batch["old_logps"], batch.get("ref_logps"), batch["mask"], config.beta,
                                  config.kl_in, config.kl_estimator)
     advantages_B = rloo_advantages(rewards_B, config.group_size)
@@ -82,17 +82,19 @@ def rloo_algorithm_advantages(scores_B, batch, config) -> Advantages:
     return Advantages(advantages_B, keep, {"zero_variance_share": float(zero_G.float().mean())})
 
 
-def ppo_advantages(scores_B, batch, config) -> Advantages:
+def ppo_advantages(scores_B, batch, config, reduce_sum=None) -> Advantages:
     mask_BT = batch["mask"]
     rewards_BT = token_rewards(scores_B, batch["old_logps"], batch.get("ref_logps"), mask_BT, config.beta,
                                config.kl_in, config.kl_estimator)
     advantages_BT, returns_BT = gae(rewards_BT, batch["old_values"], mask_BT, config.gamma, config.lam)
     if config.whiten_advantages:
-        advantages_BT = whiten(advantages_BT, mask_BT)
+        advantages_BT = whiten(advantages_BT, mask_BT, reduce_sum=reduce_sum)  # over all processes' rows
     keep = torch.ones(mask_BT.shape[0], dtype=torch.bool)
     return Advantages(advantages_BT, keep, {}, returns=returns_BT, old_values=batch["old_values"])
 
 
+# Each takes (scores_B, batch, config, reduce_sum): group statistics stay within a process (a
+# prompt's group is never split), batch statistics go through ``reduce_sum`` (``Engine.all_reduce_sum``).
 ALGORITHMS = {"grpo": grpo_advantages, "rloo": rloo_algorithm_advantages, "ppo": ppo_advantages,
               "nlpo": ppo_advantages}
 

@@ -39,7 +39,7 @@ class RLConfig(TrainingOptions):
                                    "their own correct_value (TÜLU 3 uses 10)", "Reward")
     no_eos_penalty: float = opt(0.0, "subtracted from the reward of a completion cut off before EOS", "Reward")
     # Sampling
-    prompts_per_step: int = opt(4, "prompts per rollout step (per process)", "Sampling")
+    prompts_per_step: int = opt(4, "prompts per rollout step, over all processes together (a multiple of the process count)", "Sampling")
     group_size: int = opt(4, "completions sampled per prompt (k)", "Sampling")
     max_new_tokens: int = opt(48, "completion length limit (tokens)", "Sampling")
     temperature: float = opt(1.0, "sampling temperature; the training forward divides logits by it too", "Sampling")

@@ -27,6 +27,7 @@ from typing import Callable, Protocol
 import torch
 
 from posttrain.losses.policy import apply_action_mask, nlpo_topp_mask
+from posttrain.models.kv_cache import kv_cache, with_cache
 from posttrain.train.layout import completion_logits, distinct_prompts, forward_inputs, gather_logps, \
     shared_prompt_cache
 
@@ -79,9 +80,13 @@ class Rollout:
 
 
 class RolloutBackend(Protocol):
+    """``seeds``: one integer per prompt. Completion j of a prompt is then drawn from its own
+    random stream (seed, j), whatever else is in the batch, so N processes that split a step's
+    prompts sample exactly what one process would."""
+
     def generate(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
-                 action_mask: "ActionMaskFactory | None" = None) -> Rollout: ...
+                 action_mask: "ActionMaskFactory | None" = None, seeds: list[int] | None = None) -> Rollout: ...
 
     def update_weights(self, model: torch.nn.Module) -> None: ...
 
@@ -121,10 +126,55 @@ class TopPActionMask:
             out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
         else:
             out = self.model(input_ids=input_ids[:, -1:], attention_mask=attention, position_ids=positions[:, -1:],
-                             past_key_values=self.past, use_cache=True)
-        self.past = out.past_key_values
+                             use_cache=True, **with_cache(self.past))
+        self.past = kv_cache(out)
         keep_BV = nlpo_topp_mask(out.logits[:, -1].float(), self.top_p)
         return apply_action_mask(scores, keep_BV[:, :scores.shape[-1]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling seeded per row
+
+
+def row_seed(prompt_seed: int, sample: int) -> int:
+    """The seed of completion ``sample`` of a prompt whose seed is ``prompt_seed`` (63-bit mix)."""
+    return (prompt_seed * 0x9E3779B97F4A7C15 + sample * 0xBF58476D1CE4E5B9 + 1) % (2**63 - 1)
+
+
+class SeededSampler:
+    """A transformers ``LogitsProcessor``, last in the list, that samples each row from its own
+    ``torch.Generator`` with the Gumbel-max trick (argmax(s + G), G ~ Gumbel(0, 1), is a draw
+    from softmax(s): Gumbel 1954; as in Kool et al. 2019), then leaves only the drawn token
+    finite so that greedy ``generate`` takes it. ``generate``'s own sampling draws every row
+    from one global stream, so a row's tokens would depend on its batch neighbours.
+
+    ``scores`` arrive after temperature / top-k / top-p / action mask; the log-prob of each drawn
+    token under them is kept in ``logps`` (one (B,) tensor per decoding step)."""
+
+    def __init__(self, seeds: list[int], device):
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.logps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float()
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device)
+                               for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
+        token = (scores + gumbel).argmax(-1, keepdim=True)
+        self.logps.append(torch.log_softmax(scores, dim=-1).gather(-1, token).squeeze(-1))
+        return torch.full_like(scores, float("-inf")).scatter(-1, token, 0.0)
+
+
+def sampling_warpers(temperature: float, top_p: float, top_k: int) -> list:
+    """transformers' own temperature / top-k / top-p warpers, in ``generate``'s order."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
+    if top_k > 0:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    return warpers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,11 +211,14 @@ class HFRollout:
 
     @torch.no_grad()
     def generate(self, prompt_ids, n, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, greedy=False,
-                 action_mask=None) -> Rollout:
+                 action_mask=None, seeds=None) -> Rollout:
         from transformers import LogitsProcessorList
 
         start = time.perf_counter()
         rows = [p for p in prompt_ids for _ in range(n)]  # group-contiguous
+        if seeds is not None and len(seeds) != len(prompt_ids):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompt_ids)} prompts")
+        row_seeds = None if seeds is None else [row_seed(s, j) for s in seeds for j in range(n)]
         index = torch.arange(len(prompt_ids)).repeat_interleave(n)
         model = self.model
         was_training = model.training
@@ -174,9 +227,10 @@ class HFRollout:
         chunks = []
         try:
             for s in range(0, len(rows), self.batch_size):
+                chunk_seeds = None if row_seeds is None else row_seeds[s:s + self.batch_size]
                 chunks.append(self._generate_chunk(model, rows[s:s + self.batch_size], device, max_new_tokens,
                                                    temperature, top_p, top_k, greedy, action_mask,
-                                                   LogitsProcessorList))
+                                                   LogitsProcessorList, chunk_seeds))
         finally:
             model.train(was_training)
         T = max(c[0].shape[1] for c in chunks)
@@ -191,7 +245,7 @@ class HFRollout:
                        time.perf_counter() - start)
 
     def _generate_chunk(self, model, rows, device, max_new_tokens, temperature, top_p, top_k, greedy, action_mask,
-                        LogitsProcessorList):
+                        LogitsProcessorList, seeds=None):
         inputs = forward_inputs(rows, None, self.pad_id, device=device)
         P = inputs.pop("prompt_length")
         inputs.pop("position_ids")  # generate derives them from the attention mask
@@ -205,13 +259,19 @@ class HFRollout:
                 # continues from the copied cache (it feeds the last prompt token itself). With
                 # left padding, the distinct prompts minus their last token pad to the same P - 1.
                 out, _ = shared_prompt_cache(model, [u[:-1] for u in unique], row_index, self.pad_id, device)
-                inputs["past_key_values"] = out.past_key_values
+                inputs.update(with_cache(kv_cache(out)))
         sampling = {"do_sample": False} if greedy else {
             "do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
+        sampler = None
+        if seeds is not None and not greedy:  # our own per-row draw after generate's warpers
+            sampler = SeededSampler(seeds, device)
+            processors.extend(sampling_warpers(temperature, top_p, top_k) + [sampler])
+            sampling = {"do_sample": False}
         cache = {"cache_implementation": "static"} if self.cache == "static" else {}
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids,
                              pad_token_id=self.pad_id, use_cache=True, logits_processor=processors,
-                             output_scores=not greedy, return_dict_in_generate=True, **sampling, **cache)
+                             output_scores=not greedy and sampler is None, return_dict_in_generate=True,
+                             **sampling, **cache)
         completion = out.sequences[:, P:].cpu()
         B, T = completion.shape
         is_eos = torch.isin(completion, torch.tensor(self.eos_ids))
@@ -220,7 +280,10 @@ class HFRollout:
         mask = (torch.arange(T).unsqueeze(0) <= first_eos.unsqueeze(1)).float()
         finished = first_eos < T
         logps = torch.zeros((B, T))
-        if not greedy:
+        if sampler is not None:
+            logps = torch.stack(sampler.logps, dim=1).cpu()[:, :T]
+            logps = torch.where(mask.bool(), logps, torch.zeros_like(logps))
+        elif not greedy:
             for t, scores in enumerate(out.scores):
                 lp = torch.log_softmax(scores.float(), dim=-1).cpu()
                 logps[:, t] = lp.gather(-1, completion[:, t:t + 1]).squeeze(-1)
@@ -260,15 +323,16 @@ class VLLMRollout:
         self.llm.reset_prefix_cache()
 
     def generate(self, prompt_ids, n, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, greedy=False,
-                 action_mask=None) -> Rollout:  # pragma: no cover - GPU only
+                 action_mask=None, seeds=None) -> Rollout:  # pragma: no cover - GPU only
         from vllm import SamplingParams
 
         if action_mask is not None:
             raise NotImplementedError("NLPO's action mask needs the hf rollout backend")
         start = time.perf_counter()
-        params = SamplingParams(n=n, max_tokens=max_new_tokens, temperature=0.0 if greedy else temperature,
-                                top_p=1.0 if greedy else top_p, top_k=-1 if greedy or top_k == 0 else top_k,
-                                logprobs=0, stop_token_ids=self.eos_ids)
+        params = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=0.0 if greedy else temperature,
+                                 top_p=1.0 if greedy else top_p, top_k=-1 if greedy or top_k == 0 else top_k,
+                                 logprobs=0, stop_token_ids=self.eos_ids, seed=None if seeds is None else seeds[i])
+                  for i in range(len(prompt_ids))]  # a seed per prompt: see RolloutBackend
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
         rows, ids, lps, done = [], [], [], []
         for p, out in zip(prompt_ids, outputs):

@@ -1,9 +1,13 @@
 """Online RL with verifiable (or any) rewards: ``posttrain grpo | rloo | ppo | nlpo``.
 
-One loop for every algorithm. Each rollout step:
+One rollout step for every algorithm, run by the engine's loop (``Engine.loop``: progress,
+logging, evaluation, checkpoints and resume are the ones SFT and DPO use; each update is
+``Engine.update``). Each rollout step:
 
-1. take ``prompts_per_step`` prompts (seeded order, resumable), sample ``group_size``
-   completions each through the rollout backend (tokens + loss masks + sampling log-probs);
+1. take ``prompts_per_step`` prompts of the seeded order (the global number: N processes take
+   a contiguous share each), sample ``group_size`` completions each through the rollout backend
+   (tokens + loss masks + sampling log-probs), completion j of prompt i drawn from its own
+   stream seeded by (seed, step, i, j), so the samples do not depend on the process count;
 2. score them with the composed reward (verifiers, custom ``module:function`` rewards, reward
    models; minus ``no_eos_penalty`` for completions cut off before EOS);
 3. one no-grad forward each for π_old (the policy itself, dropout off: ratio = 1 at the first
@@ -15,9 +19,11 @@ One loop for every algorithm. Each rollout step:
 4. advantages from ``algorithms.ALGORITHMS[algorithm]``;
 5. ``ppo_epochs`` passes of ``num_minibatches`` clipped-surrogate updates
    (``losses.policy.clipped_policy_loss``; + ``value_coef`` · clipped value loss for PPO/NLPO),
-   each through ``Engine.accumulate_gradients`` in micro-batches of ``batch_size`` rows, the
-   loss divided by the step's global normaliser (rows for ``grpo``, tokens for ``dapo``,
-   rows × ``max_new_tokens`` for ``dr_grpo``), so accumulation does not change the gradient.
+   each an ``Engine.update`` over micro-batches of ``batch_size`` rows per process, the loss
+   divided by the step's global normaliser (rows for ``grpo``, tokens for ``dapo``, rows ×
+   ``max_new_tokens`` for ``dr_grpo``), so neither accumulation nor the process count changes
+   the gradient. Minibatches are drawn from all processes' rows (``minibatch_plan``); batch
+   statistics (PPO's advantage whitening, the step's metrics) are reduced over processes.
 
 GRPO departs from DeepSeekMath in the usual ways: one update per batch by default (so ρ = 1 and
 the clip never binds, i.e. REINFORCE with group-normalised advantages, as nanochat's chat_rl
@@ -34,27 +40,28 @@ Dropout stays off during RL (the policy runs in eval mode for every forward).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import torch
 
-from posttrain.data import encode_prompt, mix_sources, validate_rows
+from posttrain.data import DataError, encode_prompt, mix_sources, validate_rows
 from posttrain.models import resolve_model_path
 from posttrain.losses.kl import AdaptiveKLController, FixedKLController, kl_estimate
-from posttrain.losses.policy import clipped_policy_loss, explained_variance, masked_mean, nlpo_topp_mask, value_loss
+from posttrain.losses.policy import clipped_policy_loss, explained_variance, nlpo_topp_mask, value_loss
 from posttrain.rewards.compose import build_reward
 from posttrain.train.common import load_policy, log, prepare_run
-from posttrain.train.engine import Engine, TrainingError, _Progress
+from accelerate.utils import gather_object
+from posttrain.train.engine import Engine, TrainingError
 from posttrain.train.layout import completion_token_logps, prompt_sharing
 from posttrain.train.rl.algorithms import ALGORITHMS, ValueModel
 from posttrain.train.rl.config import RLConfig
 from posttrain.train.rl.rollout import Rollout, TopPActionMask, completion_logits, forward_inputs, make_backend
 
-__all__ = ["run_rl", "load_prompts", "reward_spec", "heldout_accuracy", "RLState"]
+__all__ = ["run_rl", "load_prompts", "reward_spec", "heldout_accuracy", "heldout_items", "RLState"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +75,11 @@ def load_prompts(sources: list, tokenizer, max_prompt_length: int, seed: int, so
     rows = validate_rows(mix_sources(sources, seed=seed), "rlvr" if needs_answer else "rl_prompt", source)
     for row in rows:
         row["prompt_ids"] = encode_prompt(tokenizer, row["messages"])
-    return [r for r in rows if len(r["prompt_ids"]) <= max_prompt_length]
+    kept = [r for r in rows if len(r["prompt_ids"]) <= max_prompt_length]
+    if not kept:  # say so, rather than "0 prompts for a step"
+        raise DataError(f"{source}: every one of the {len(rows)} prompts is longer than max_prompt_length="
+                        f"{max_prompt_length} tokens. Raise max_prompt_length or shorten the prompts")
+    return kept
 
 
 def reward_spec(config: RLConfig) -> list:
@@ -83,87 +94,78 @@ def reward_spec(config: RLConfig) -> list:
     return spec
 
 
-def score(reward, rows: list[dict], rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total reward per completion (B,) and the mean of each component (``reward/<name>``)."""
+def score(reward, rows: list[dict], rollout: Rollout) -> tuple[torch.Tensor, dict[str, tuple[float, int]]]:
+    """Total reward per completion (B,) and, per component ``reward/<name>``, the sum and count
+    of its defined (non-NaN) values, to be averaged over all processes."""
     picked = [rows[i] for i in rollout.prompt_index.tolist()]
     keys = dict.fromkeys(k for r in picked for k in r if k not in ("messages", "prompt_ids"))
     columns = {key: [r.get(key) for r in picked] for key in keys}
     totals, parts = reward([r["messages"] for r in picked], rollout.texts, finished=rollout.finished.tolist(),
                            **columns)
-    means = {}
+    sums = {}
     for name, values in parts.items():
         finite = [v for v in values if not math.isnan(v)]
-        means[f"reward/{name}"] = sum(finite) / len(finite) if finite else float("nan")
-    return torch.tensor(totals, dtype=torch.float32), means
+        sums[f"reward/{name}"] = (float(sum(finite)), len(finite))
+    return torch.tensor(totals, dtype=torch.float32), sums
 
 
 @torch.no_grad()
-def heldout_accuracy(backend, rows: list[dict], max_new_tokens: int, batch_size: int = 32) -> dict:
-    """Greedy accuracy on held-out RLVR rows, scored by each row's verifier (the same registry
-    the reward uses). Returns accuracy, n, correct, response_length, truncated_share, and
-    ``items`` (per row: ground truth, completion, score)."""
+def heldout_items(backend, rows: list[dict], max_new_tokens: int, batch_size: int = 32, first_index: int = 0,
+                  stride: int = 1) -> list[dict]:
+    """Greedy completions of held-out RLVR rows, scored by each row's verifier (the same registry
+    the reward uses): per row its ``index`` (``first_index + i·stride``: the row's place in the
+    whole held-out set when each process takes every ``stride``-th row), ground truth,
+    completion, score, length and whether it was cut off."""
     from posttrain.rewards import get_verifier
 
     verifiers: dict = {}
-    scores, lengths, truncated, items = [], [], [], []
+    items = []
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
         out = backend.generate([r["prompt_ids"] for r in chunk], n=1, max_new_tokens=max_new_tokens, greedy=True)
         for row, text, m, done in zip(chunk, out.texts, out.completion_mask, out.finished):
             name = row["verifier"]
             verifiers.setdefault(name, get_verifier(name))
-            scores.append(verifiers[name](text, row["ground_truth"]).score)
-            items.append({"ground_truth": row["ground_truth"], "completion": text, "score": scores[-1]})
-            lengths.append(float(m.sum()))
-            truncated.append(0.0 if done else 1.0)
-    n = len(scores)
-    return {"accuracy": sum(scores) / n, "n": n, "correct": sum(scores), "response_length": sum(lengths) / n,
-            "truncated_share": sum(truncated) / n, "items": items}
+            items.append({"index": first_index + len(items) * stride, "ground_truth": row["ground_truth"],
+                          "completion": text, "score": verifiers[name](text, row["ground_truth"]).score,
+                          "length": float(m.sum()), "truncated": not bool(done)})
+    return items
+
+
+def summarize_heldout(items: list[dict]) -> dict:
+    """accuracy, n, correct, response_length, truncated_share of scored held-out ``items``."""
+    n = max(len(items), 1)
+    return {"accuracy": sum(i["score"] for i in items) / n, "n": len(items), "correct": sum(i["score"] for i in items),
+            "response_length": sum(i["length"] for i in items) / n,
+            "truncated_share": sum(i["truncated"] for i in items) / n}
+
+
+def heldout_accuracy(backend, rows: list[dict], max_new_tokens: int, batch_size: int = 32) -> dict:
+    """Greedy accuracy on held-out RLVR rows (``summarize_heldout``), with the scored ``items``."""
+    items = heldout_items(backend, rows, max_new_tokens, batch_size)
+    return {**summarize_heldout(items), "items": items}
 
 
 # ---------------------------------------------------------------------------------------------
-# State beyond what Engine checkpoints: KL coefficient, value model, mask-policy refresh
+# State beyond what Engine checkpoints
 
 
 class RLState:
-    """What an RL checkpoint holds besides the policy/optimizer/RNG that ``Engine`` saves, in
-    ``checkpoints/rl-step-N.pt`` (written before the engine's checkpoint, so a complete
-    checkpoint always has its file)."""
+    """What an RL checkpoint holds besides the models, optimizers, RNG and prompt position that
+    ``Engine`` saves: the KL coefficient. Loading it also brings the rollout backend and the NLPO
+    masking policy to the resumed weights."""
 
-    def __init__(self, kl_controller, value=None):
-        self.kl_controller, self.value = kl_controller, value  # value: (ValueModel, optimizer, scheduler)
+    def __init__(self, kl_controller, engine: Engine, backend, mask_model=None):
+        self.kl_controller, self.engine, self.backend, self.mask_model = kl_controller, engine, backend, mask_model
 
-    def path(self, engine: Engine, step: int) -> Path:
-        return engine.checkpoint_dir() / f"rl-step-{step:06d}.pt"
+    def state_dict(self) -> dict:
+        return {"kl_coef": self.kl_controller.value}
 
-    def save(self, engine: Engine, step: int):
-        if not engine.is_main:
-            return
-        blob = {"kl_coef": self.kl_controller.value}
-        if self.value is not None:
-            model, optimizer, scheduler = self.value
-            blob.update(value_model=model.state_dict(), value_optimizer=optimizer.state_dict(),
-                        value_scheduler=scheduler.state_dict())
-        engine.checkpoint_dir().mkdir(parents=True, exist_ok=True)
-        tmp = self.path(engine, step).with_suffix(".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(self.path(engine, step))
-        keep = {p.name.split("-")[1] for p in engine.checkpoint_dir().glob("step-*")} | {f"{step:06d}"}
-        for old in engine.checkpoint_dir().glob("rl-step-*.pt"):
-            if old.stem.split("-")[-1] not in keep:
-                old.unlink()
-
-    def load(self, engine: Engine, step: int):
-        path = self.path(engine, step)
-        if not path.exists():
-            raise TrainingError(f"checkpoint step {step} has no {path.name}: start a new run folder")
-        blob = torch.load(path, weights_only=False)
+    def load_state_dict(self, blob: dict):
         self.kl_controller.value = blob["kl_coef"]
-        if self.value is not None:
-            model, optimizer, scheduler = self.value
-            model.load_state_dict(blob["value_model"])
-            optimizer.load_state_dict(blob["value_optimizer"])
-            scheduler.load_state_dict(blob["value_scheduler"])
+        if self.mask_model is not None:  # departure: the masking policy restarts from the resumed policy
+            self.mask_model.load_state_dict(self.engine.unwrapped().state_dict())
+        self.backend.update_weights(self.engine.unwrapped())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,15 +173,19 @@ class RLState:
 
 
 def run_rl(config: RLConfig, command: str = "posttrain grpo"):
+    world = int(os.environ.get("WORLD_SIZE", "1"))   # set by accelerate launch / torchrun
+    if config.prompts_per_step % world:
+        raise TrainingError(f"prompts_per_step={config.prompts_per_step} is the number per step over all "
+                            f"{world} processes: make it a multiple of {world}")
     # --- run folder, policy, tokenizer, engine (accelerate, optimizer, checkpoints, metrics)
     run_dir = prepare_run(config, command)
     torch.manual_seed(config.seed)
     policy, tokenizer = load_policy(config)
     engine = Engine(config, policy, tokenizer)
-    main = engine.is_main
-    device = engine.accelerator.device
+    main, device = engine.is_main, engine.device
     algorithm = config.algorithm
     is_ppo = algorithm in ("ppo", "nlpo")
+    local_prompts = config.prompts_per_step // engine.world
 
     # --- data: RLVR rows with tokenised prompts; held-out rows for greedy accuracy
     needs_answer = any("verifier" in entry for entry in config.reward)   # else bare prompts will do
@@ -191,70 +197,49 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
     if config.eval_size > 0:
         eval_rows = eval_rows[:config.eval_size]
     reward = build_reward(reward_spec(config), no_eos_penalty=config.no_eos_penalty)
-    log(f"[bold]{algorithm}[/] {len(rows)} prompts, {len(eval_rows)} held-out; reward = "
-        + " + ".join(f"{w:g}·{n}" for n, _, w in reward.components), main)
+    log(f"[bold]{algorithm}[/] {len(rows)} prompts, {len(eval_rows)} held-out, {engine.world} process(es); "
+        "reward = " + " + ".join(f"{w:g}·{n}" for n, _, w in reward.components), main)
 
-    # --- models. Order: the optimizer needs the final trainable parameters (LoRA applied), the
+    # --- models. The optimizers need the final trainable parameters (LoRA applied); the
     # reference and masking copies are taken before training changes anything.
     total = config.max_steps if config.max_steps > 0 else max(1, int(len(rows) / config.prompts_per_step
                                                                         * config.num_epochs))
-    updates = total * config.ppo_epochs * config.num_minibatches
-    optimizer, scheduler = engine.build_optimizer(updates)
-    engine.model, optimizer = engine.accelerator.prepare(engine.model, optimizer)
-    policy = engine.model
-    reference = None
-    if config.beta > 0:
-        reference = None if config.lora_rank > 0 else _frozen_copy(policy)  # LoRA: adapters disabled
-    mask_model = _frozen_copy(policy) if algorithm == "nlpo" else None
-    value = None
+    extra = {}
     if is_ppo:
         spec = config.model if config.value_model == "policy" else config.value_model
-        value_model = ValueModel.from_spec(spec, dtype=config.dtype, zero_head=config.value_model == "policy")
-        value_model.to(device)
-        value_options = dataclasses.replace(config, learning_rate=config.value_learning_rate or config.learning_rate)
-        value_optimizer, value_scheduler = Engine(value_options, value_model, accelerator=engine.accelerator) \
-            .build_optimizer(updates)
-        value = (value_model, value_optimizer, value_scheduler)
+        extra["value"] = (ValueModel.from_spec(spec, dtype=config.dtype, zero_head=config.value_model == "policy"),
+                          config.value_learning_rate or None)
+    value_model = engine.setup(total * config.ppo_epochs * config.num_minibatches, extra).get("value")
+    reference = None
+    if config.beta > 0:
+        reference = None if config.lora_rank > 0 else _frozen_copy(engine.unwrapped())  # LoRA: adapters disabled
+    mask_model = _frozen_copy(engine.unwrapped()) if algorithm == "nlpo" else None
     kl_controller = AdaptiveKLController(config.beta, config.kl_target, config.kl_horizon) if config.kl_target > 0 \
         else FixedKLController(config.beta)
-    rl_state = RLState(kl_controller, value)
     single_update = update_gives_old_logps(config)
     share = prompt_sharing(config.share_prompts, engine.world)
-    backend = make_backend(config.rollout_backend, policy, tokenizer, model_path=resolve_model_path(config.model),
-                           batch_size=max(config.batch_size, config.prompts_per_step * config.group_size),
+    # Generation runs on the bare model (DDP's wrapper has no generate).
+    backend = make_backend(config.rollout_backend, engine.unwrapped(), tokenizer,
+                           model_path=resolve_model_path(config.model),
+                           batch_size=max(config.batch_size, local_prompts * config.group_size),
                            share_prompts=share, cache=config.rollout_cache)
-
-    # --- resume
-    checkpoint = engine.latest_checkpoint() if config.resume else None
-    if checkpoint is not None:
-        engine.load_checkpoint(checkpoint, optimizer, scheduler)
-        rl_state.load(engine, engine.state.step)
-        engine._truncate_metrics(engine.state.step)
-        if mask_model is not None:  # departure: the masking policy restarts from the resumed policy
-            mask_model.load_state_dict(_unwrap(engine, policy).state_dict())
-        backend.update_weights(policy)
-        log(f"resuming from {checkpoint} (step {engine.state.step} of {total})", main)
-    elif main:
-        for stale in (engine.metrics_path, run_dir / "eval_samples.jsonl", run_dir / "samples.jsonl"):
-            stale.unlink(missing_ok=True)
+    rl_state = RLState(kl_controller, engine, backend, mask_model)
 
     def heldout(_model) -> dict:
-        result = heldout_accuracy(backend, eval_rows, config.max_new_tokens)
+        # Each process answers every world-th held-out row; the main process writes them all.
+        mine = heldout_items(backend, eval_rows[engine.rank::engine.world], config.max_new_tokens,
+                             first_index=engine.rank, stride=engine.world)
+        items = sorted(gather_object(mine) if engine.world > 1 else mine, key=lambda item: item["index"])
         if main:  # per-row results for paired before/after comparisons
             with (run_dir / "eval_samples.jsonl").open("a") as f:
-                for i, item in enumerate(result.pop("items")):
-                    f.write(json.dumps({"step": engine.state.step, "index": i, **item}) + "\n")
-        result.pop("items", None)
-        return result
-
-    eval_fn = heldout if eval_rows else None
-    if eval_fn is not None and engine.state.step == 0:
-        engine._evaluate(eval_fn)  # the base model's accuracy, logged at step 0
+                for item in items:
+                    f.write(json.dumps({"step": engine.state.step, **item}) + "\n")
+        return summarize_heldout(items)
 
     # --- one optimizer update on a minibatch: the clipped surrogate (+ value loss)
     def update_step(model, micro):
-        model.eval()  # dropout off (Engine._evaluate leaves the model in train mode)
-        b = micro["batch"]
+        model.eval()  # dropout off (Engine.evaluate leaves the model in train mode)
+        b, weight = micro["batch"], micro["weight"]
         rows_ = micro["rows"].cpu()
         prompts = [b["prompt_ids"][i] for i in rows_.tolist()]
         completion = b["completion_ids"][rows_].to(device)
@@ -262,7 +247,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
         keep = b["keep"][rows_].to(device) if "keep" in b else None
         logps, entropy = token_logps(model, prompts, completion, mask, tokenizer.pad_token_id, config, share, keep,
                                      with_entropy=single_update)
-        if single_update:  # π_old = this very forward (ratio ≡ 1); kept for the step's metrics
+        if single_update and weight > 0:  # π_old = this very forward (ratio ≡ 1); kept for the step's metrics
             b["old_logps"][rows_] = logps.detach().cpu()
             b["entropy_sum"] += float(entropy.sum())
             b["measured"][rows_] = True
@@ -276,127 +261,60 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
         if is_ppo:
             inputs = forward_inputs(prompts, completion, tokenizer.pad_token_id, device=device)
             P = inputs.pop("prompt_length")
-            values = value[0](**inputs)[:, P - 1:P - 1 + completion.shape[1]]
+            values = value_model(**inputs)[:, P - 1:P - 1 + completion.shape[1]]
             vloss, vdiag = value_loss(values, b["old_values"][rows_].to(device), b["returns"][rows_].to(device),
                                       mask, clip=config.value_clip or None)
             loss = loss + config.value_coef * vloss * normalizer(micro)  # token-mean value loss, weighted by share
             metrics.update(value_loss=vloss.detach(), value_clip_fraction=vdiag["value_clip_fraction"].detach())
-        return loss, metrics
+        metrics["metric_weight"] = float(mask.sum()) * weight   # the metrics are token means
+        return loss * weight, metrics
 
     def normalizer(micro) -> float:
-        b, rows_ = micro["batch"], micro["rows"].cpu()
-        if config.aggregation == "grpo":
-            return float(len(rows_))
-        if config.aggregation == "dapo":
-            return float(b["mask"][rows_].sum())
-        return float(len(rows_) * config.max_new_tokens)  # dr_grpo
+        return policy_loss_normalizer(micro["batch"]["mask"][micro["rows"].cpu()], config) * micro["weight"]
 
-    # --- the loop
-    progress = _Progress(total, algorithm, enabled=config.progress and main)
-    progress.advance_to(engine.state.step)
-    samples_path = run_dir / "samples.jsonl"
-    last_record: dict = {}
-    with progress:
-        while engine.state.step < total:
-            if mask_model is not None and engine.state.step % config.mask_refresh_steps == 0:
-                mask_model.load_state_dict(_unwrap(engine, policy).state_dict())
-            step_rows = _next_prompts(engine, rows, config.prompts_per_step)
+    # --- one rollout step: sample, score, advantages, updates
+    def rl_step() -> dict:
+        step = engine.state.step
+        if mask_model is not None and step % config.mask_refresh_steps == 0:
+            mask_model.load_state_dict(engine.unwrapped().state_dict())
+        # A step's prompts are a global draw; this process takes its contiguous share, and each
+        # prompt's completions are seeded by (seed, step, prompt), so any process count samples
+        # the same completions.
+        picked = engine.next_units(len(rows), config.prompts_per_step)
+        mine = picked[engine.rank * local_prompts:(engine.rank + 1) * local_prompts]
+        step_rows = [rows[i] for i in mine]
+        step_start = time.perf_counter()
+        action_mask = (lambda attn: TopPActionMask(mask_model, attn, config.mask_top_p)) if mask_model else None
+        rollout = backend.generate([r["prompt_ids"] for r in step_rows], n=config.group_size,
+                                   max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                   top_p=config.top_p, top_k=config.top_k, action_mask=action_mask,
+                                   seeds=[prompt_seed(config.seed, step, i) for i in mine])
+        scores_B, component_sums = score(reward, step_rows, rollout)
+        train_start = time.perf_counter()
+        batch = _score_batch(rollout, engine.model, reference, mask_model=mask_model, value=value_model,
+                             config=config, device=device, policy_pass=not single_update, share=share)
+        adv = ALGORITHMS[algorithm](scores_B, batch, config, reduce_sum=engine.all_reduce_sum)
+        batch["advantages"] = adv.advantages
+        if adv.returns is not None:
+            batch["returns"] = adv.returns
+        updates = []
+        for epoch in range(config.ppo_epochs):
+            for micro in minibatch_plan(engine, adv.keep, config, seed=prompt_seed(config.seed, step, -1 - epoch)):
+                updates.append(engine.update([{"batch": batch, **m} for m in micro], update_step, normalizer))
+        if updates:
+            backend.update_weights(engine.unwrapped())
+        train_seconds = time.perf_counter() - train_start
+        record = step_metrics(engine, rollout, scores_B, component_sums, batch, adv, updates, kl_controller, config)
+        record["step_seconds"] = time.perf_counter() - step_start
+        record["training_tokens_per_s"] = record.pop("trained_tokens") / max(train_seconds, 1e-9)
+        record["tokens_per_s"] = record["training_tokens_per_s"]
+        _write_samples(run_dir / "samples.jsonl", engine, rollout, scores_B, config.save_samples, step + 1)
+        return record
 
-            step_start = time.perf_counter()
-            # 1. sample
-            action_mask = (lambda attn: TopPActionMask(mask_model, attn, config.mask_top_p)) if mask_model else None
-            rollout = backend.generate([r["prompt_ids"] for r in step_rows], n=config.group_size,
-                                       max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                       top_p=config.top_p, top_k=config.top_k, action_mask=action_mask)
-            # 2. score
-            scores_B, component_means = score(reward, step_rows, rollout)
-            # 3. π_old, π_ref, values, action mask: no-grad forwards on the update's layout
-            train_start = time.perf_counter()
-            batch = _score_batch(rollout, policy, reference, mask_model, value, config, device,
-                                 policy_pass=not single_update, share=share)
-            # 4. advantages
-            adv = ALGORITHMS[algorithm](scores_B, batch, config)
-            batch["advantages"] = adv.advantages
-            if adv.returns is not None:
-                batch["returns"] = adv.returns
-            kept = adv.keep.nonzero().squeeze(-1)
-            # 5. clipped updates over minibatches
-            update_metrics: list[dict] = []
-            grad_norms = []
-            loss = 0.0
-            if len(kept) > 0:
-                for _ in range(config.ppo_epochs):
-                    order = kept[torch.randperm(len(kept))]
-                    for minibatch in torch.tensor_split(order, min(config.num_minibatches, len(order))):
-                        micro = [{"batch": batch, "rows": r} for r in torch.split(minibatch, config.batch_size)]
-                        loss, metrics = engine.accumulate_gradients(micro, update_step, normalizer)
-                        if not math.isfinite(loss):
-                            optimizer.zero_grad(set_to_none=True)
-                            raise TrainingError(
-                                f"the loss became {loss} at step {engine.state.step + 1}; training stopped before "
-                                f"the update. Last good checkpoint: {engine.latest_checkpoint() or 'none yet'}. "
-                                f"Lower learning_rate or check the reward.")
-                        grad_norms.append(_optimizer_step(engine, optimizer, scheduler, policy, config))
-                        if value is not None:
-                            _optimizer_step(engine, value[1], value[2], value[0], config)
-                        update_metrics.append({"loss": loss, **metrics})
-                backend.update_weights(policy)
-            train_seconds = time.perf_counter() - train_start
-            engine.state.step += 1
+    last_record = engine.loop(total, rl_step, heldout if eval_rows else None, algorithm, extra_state=rl_state,
+                              eval_at_start=True)
 
-            # 6. metrics
-            mask = batch["mask"]
-            tokens = float(mask.sum())
-            # rows whose π_old log-probs exist: all, or (single_update) the rows that were trained
-            measured_mask = mask * batch["measured"][:, None]
-            measured_tokens = float(measured_mask.sum())
-            record = {"step": engine.state.step, "epoch": engine.state.epoch, "lr": scheduler.get_last_lr()[0],
-                      "reward_mean": float(scores_B.mean()), "reward_std": float(scores_B.std()) if len(scores_B) > 1
-                      else 0.0, **component_means,
-                      "response_length": tokens / mask.shape[0],
-                      "truncated_share": float((~rollout.finished).float().mean()),
-                      "entropy": batch["entropy_sum"] / max(measured_tokens, 1.0),
-                      "logp_mismatch": float(masked_mean((rollout.sampling_logps - batch["old_logps"]).abs(),
-                                                         measured_mask)),
-                      "trained_share": len(kept) / mask.shape[0],
-                      "generation_tokens_per_s": tokens / max(rollout.seconds, 1e-9),
-                      "training_tokens_per_s": tokens * config.ppo_epochs * len(kept) / mask.shape[0]
-                      / max(train_seconds, 1e-9)}
-            record["tokens_per_s"] = record["training_tokens_per_s"]
-            record["step_seconds"] = time.perf_counter() - step_start
-            if "ref_logps" in batch and measured_tokens > 0:
-                record["kl"] = float(masked_mean(kl_estimate(batch["old_logps"], batch["ref_logps"],
-                                                             config.kl_estimator), measured_mask))
-                record["beta"] = kl_controller.value
-                kl_controller.update(record["kl"] * tokens / mask.shape[0], n_steps=mask.shape[0])
-            record.update(adv.metrics)
-            if update_metrics:
-                for key in update_metrics[0]:
-                    record[key] = sum(m[key] for m in update_metrics) / len(update_metrics)
-                if grad_norms[0] is not None:
-                    record["grad_norm"] = sum(grad_norms) / len(grad_norms)
-            else:
-                record["loss"] = 0.0
-            if is_ppo:
-                record["explained_variance"] = float(explained_variance(batch["old_values"], batch["returns"], mask))
-            if engine.state.step % config.logging_steps == 0 or engine.state.step == total:
-                engine._log(record)
-                progress.update(engine.state.step, record)
-            last_record = record
-            _write_samples(samples_path, engine, rollout, scores_B, config.save_samples)
-
-            if eval_fn is not None and config.eval_steps > 0 and engine.state.step % config.eval_steps == 0 \
-                    and engine.state.step != total:
-                engine._evaluate(eval_fn)
-            if config.save_steps > 0 and engine.state.step % config.save_steps == 0 and engine.state.step != total:
-                rl_state.save(engine, engine.state.step)
-                engine.save_checkpoint(optimizer, scheduler)
-
-    # --- final evaluation, checkpoint, model, reports
-    if eval_fn is not None:
-        last_record.update(engine._evaluate(eval_fn))
-    rl_state.save(engine, engine.state.step)
-    engine.save_checkpoint(optimizer, scheduler)
+    # --- final model and reports
     out = engine.save_final()
     if main:
         from posttrain.reports.training import write_training_report
@@ -419,8 +337,98 @@ def update_gives_old_logps(config: RLConfig) -> bool:
     return config.ppo_epochs == 1 and config.num_minibatches == 1 and config.algorithm in ("grpo", "rloo")
 
 
-def _unwrap(engine: Engine, model):
-    return engine.accelerator.unwrap_model(model)
+def prompt_seed(seed: int, step: int, prompt: int) -> int:
+    """The sampling seed of dataset prompt ``prompt`` at rollout step ``step`` (0-based)."""
+    return (seed * 1_000_003 + step) * 10_000_019 + prompt
+
+
+def policy_loss_normalizer(mask_BT: torch.Tensor, config: RLConfig) -> float:
+    """What a minibatch's summed policy loss is divided by, counted over these rows:
+    rows (``grpo``), sampled tokens (``dapo``) or rows × ``max_new_tokens`` (``dr_grpo``);
+    ``losses.policy.clipped_policy_loss`` documents the aggregations."""
+    if config.aggregation == "grpo":
+        return float(mask_BT.shape[0])
+    if config.aggregation == "dapo":
+        return float(mask_BT.sum())
+    return float(mask_BT.shape[0] * config.max_new_tokens)  # dr_grpo
+
+
+def minibatch_plan(engine: Engine, keep_B: torch.Tensor, config: RLConfig, seed: int) -> list[list[dict]]:
+    """This process's micro-batches for each minibatch update of one PPO epoch.
+
+    The kept rows of *all* processes are shuffled with a generator seeded by ``seed`` (per step and epoch)
+    and cut into ``num_minibatches`` minibatches, so a minibatch is the same set of rows whatever
+    the process count; each process takes its own rows of it, ``batch_size`` at a time. Processes
+    must run the same number of forwards and backwards (DDP and FSDP synchronise in them): one
+    with fewer micro-batches pads with weight-0 ones (a real row, its loss times 0)."""
+    B = len(keep_B)
+    keep_all = engine.all_gather(keep_B.to(torch.uint8)).bool()
+    kept = keep_all.nonzero().squeeze(-1)
+    if len(kept) == 0:
+        return []
+    g = torch.Generator().manual_seed(seed % (2**63))
+    order = kept[torch.randperm(len(kept), generator=g)]
+    plan = []
+    for minibatch in torch.tensor_split(order, min(config.num_minibatches, len(order))):
+        local = minibatch[minibatch // B == engine.rank] - engine.rank * B
+        micro = [{"rows": r, "weight": 1.0} for r in torch.split(local, config.batch_size)]
+        most = int(engine.all_gather(torch.tensor([len(micro)])).max())
+        micro += [{"rows": torch.zeros(1, dtype=torch.long), "weight": 0.0}] * (most - len(micro))
+        plan.append(micro)
+    return plan
+
+
+def step_metrics(engine: Engine, rollout: Rollout, scores_B: torch.Tensor, component_sums: dict, batch: dict,
+                 adv, updates: list[dict], kl_controller, config: RLConfig) -> dict:
+    """The rollout step's record, over all processes' rows (one all-reduce of sums and counts)."""
+    mask = batch["mask"]
+    measured_mask = mask * batch["measured"][:, None]   # rows whose π_old log-probs exist
+    trained_rows = adv.keep.float()
+    sums = {"rows": float(mask.shape[0]), "tokens": float(mask.sum()), "measured_tokens": float(measured_mask.sum()),
+            "reward": float(scores_B.sum()), "reward_sq": float((scores_B ** 2).sum()),
+            "truncated": float((~rollout.finished).float().sum()), "entropy": batch["entropy_sum"],
+            "mismatch": float(((rollout.sampling_logps - batch["old_logps"]).abs() * measured_mask).sum()),
+            "kept": float(trained_rows.sum()), "trained_tokens": float((mask.sum(-1) * trained_rows).sum()),
+            "generation_seconds": rollout.seconds}
+    for name, (total, count) in component_sums.items():
+        sums[f"{name}:sum"], sums[f"{name}:count"] = total, count
+    if "ref_logps" in batch:
+        sums["kl"] = float((kl_estimate(batch["old_logps"], batch["ref_logps"], config.kl_estimator)
+                            * measured_mask).sum())
+    for key, value in adv.metrics.items():
+        sums[f"adv:{key}"] = value
+    if "old_values" in batch:
+        sums["explained_variance"] = float(explained_variance(batch["old_values"], batch["returns"], mask))
+    names = list(sums)
+    sums = dict(zip(names, engine.all_reduce_sum([sums[k] for k in names])))
+    n, world = sums["rows"], engine.world
+    mean = sums["reward"] / n
+    record = {"lr": engine.trainables[0].scheduler.get_last_lr()[0], "reward_mean": mean,
+              "reward_std": math.sqrt(max(sums["reward_sq"] - n * mean ** 2, 0.0) / (n - 1)) if n > 1 else 0.0}
+    for name in component_sums:
+        count = sums[f"{name}:count"]
+        record[name] = sums[f"{name}:sum"] / count if count else float("nan")
+    record.update({"response_length": sums["tokens"] / n, "truncated_share": sums["truncated"] / n,
+                   "entropy": sums["entropy"] / max(sums["measured_tokens"], 1.0),
+                   "logp_mismatch": sums["mismatch"] / max(sums["measured_tokens"], 1.0),
+                   "trained_share": sums["kept"] / n,
+                   # processes generate side by side: tokens over the slowest-on-average time
+                   "generation_tokens_per_s": sums["tokens"] / max(sums["generation_seconds"] / world, 1e-9),
+                   "trained_tokens": sums["trained_tokens"] * config.ppo_epochs})
+    if "kl" in sums and sums["measured_tokens"] > 0:
+        record["kl"] = sums["kl"] / sums["measured_tokens"]
+        record["beta"] = kl_controller.value
+        kl_controller.update(record["kl"] * sums["tokens"] / n, n_steps=int(n))
+    record.update({key[4:]: sums[key] / world for key in names if key.startswith("adv:")})
+    if "explained_variance" in sums:
+        record["explained_variance"] = sums["explained_variance"] / world   # mean over processes
+    if updates:
+        for key in updates[0]:
+            if key != "lr":
+                record[key] = sum(u[key] for u in updates) / len(updates)
+    else:
+        record["loss"] = 0.0
+    return record
 
 
 def _frozen_copy(model):
@@ -428,19 +436,6 @@ def _frozen_copy(model):
     for p in copy_.parameters():
         p.requires_grad_(False)
     return copy_
-
-
-def _next_prompts(engine: Engine, rows: list[dict], count: int) -> list[dict]:
-    """The next ``count`` prompts of the seeded epoch order (``Engine``'s order and position, so
-    a resumed run continues with the prompts it would have seen)."""
-    state = engine.state
-    if state.position + count > len(rows):
-        state.epoch += 1
-        state.position = 0
-    order = engine._epoch_order(len(rows), state.epoch)
-    picked = [rows[i] for i in order[state.position:state.position + count]]
-    state.position += count
-    return picked
 
 
 def token_logps(model, prompts: list[list[int]], completion: torch.Tensor, mask: torch.Tensor, pad_id: int,
@@ -453,7 +448,7 @@ def token_logps(model, prompts: list[list[int]], completion: torch.Tensor, mask:
 
 
 @torch.no_grad()
-def _score_batch(rollout: Rollout, policy, reference, mask_model, value, config, device,
+def _score_batch(rollout: Rollout, policy, reference, mask_model=None, value=None, config=None, device=None,
                  policy_pass: bool = True, share: bool = False) -> dict:
     """Tensors of one rollout step (CPU): completion ids and mask, π_old, π_ref, values, the
     NLPO action mask, and the policy's summed entropy over sampled tokens. Without
@@ -488,7 +483,7 @@ def _score_batch(rollout: Rollout, policy, reference, mask_model, value, config,
         if value is not None:
             inputs = forward_inputs(prompts, completion, pad, device=device)
             P = inputs.pop("prompt_length")
-            vals.append(value[0](**inputs)[:, P - 1:P - 1 + completion.shape[1]].cpu())
+            vals.append(value(**inputs)[:, P - 1:P - 1 + completion.shape[1]].cpu())
     mask = rollout.completion_mask
     batch["old_logps"] = torch.cat(old) * mask if old else torch.zeros(mask.shape)
     batch["measured"] = torch.full((B,), policy_pass)
@@ -502,22 +497,13 @@ def _score_batch(rollout: Rollout, policy, reference, mask_model, value, config,
     return batch
 
 
-def _optimizer_step(engine: Engine, optimizer, scheduler, model, config) -> float | None:
-    grad_norm = None
-    if config.max_grad_norm > 0:
-        grad_norm = float(engine.accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm))
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
-
-
-def _write_samples(path: Path, engine: Engine, rollout: Rollout, scores_B: torch.Tensor, count: int):
+def _write_samples(path: Path, engine: Engine, rollout: Rollout, scores_B: torch.Tensor, count: int, step: int):
+    """The first ``count`` completions of the step (the main process's share) into ``samples.jsonl``."""
     if count <= 0 or not engine.is_main:
         return
     with path.open("a") as f:
         for i in range(min(count, len(rollout.texts))):
-            f.write(json.dumps({"step": engine.state.step, "completion": rollout.texts[i],
+            f.write(json.dumps({"step": step, "completion": rollout.texts[i],
                                 "reward": float(scores_B[i]), "finished": bool(rollout.finished[i])}) + "\n")
 
 
