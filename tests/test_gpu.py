@@ -203,12 +203,17 @@ def test_trainers_run_in_bf16_and_follow_fp32(model_dir, tmp_path):
     from posttrain.train.rl.trainer import run_rl
     from posttrain.train.sft import run_sft
 
+    from accelerate.state import AcceleratorState
+
     common = [f"model={model_dir}", "progress=false", "resume=false", "warmup_ratio=0"]
+    fresh = lambda: AcceleratorState._reset_state(reset_partial_state=True)  # noqa: E731  (a new precision each run)
     losses = {}
     for precision in ("no", "bf16"):
+        fresh()
         run_sft(load_config(SFTConfig, overrides=common + [
             f"out={tmp_path / ('sft-' + precision)}", f"mixed_precision={precision}", "max_steps=3", "batch_size=2",
             "max_length=256", "data=[{source: 'builtin:arithmetic_sft', n: 64}]", "learning_rate=1e-3"]))
+        fresh()
         run_dpo(load_config(DPOConfig, overrides=common + [
             f"out={tmp_path / ('dpo-' + precision)}", f"mixed_precision={precision}", "max_steps=2", "batch_size=4",
             "max_length=256", "max_prompt_length=128", "eval_data=[]", "learning_rate=1e-3",
@@ -220,6 +225,7 @@ def test_trainers_run_in_bf16_and_follow_fp32(model_dir, tmp_path):
     for a, b in zip(losses["bf16"]["dpo"], losses["no"]["dpo"]):
         assert a == pytest.approx(b, abs=0.02)
     assert len(losses["bf16"]["sft"]) == 3 and len(losses["bf16"]["dpo"]) == 2
+    fresh()
     run_rl(load_config(GRPOConfig, overrides=common + [
         f"out={tmp_path / 'grpo'}", "mixed_precision=bf16", "rollout_cache=static", "max_steps=2",
         "prompts_per_step=2", "group_size=4", "max_new_tokens=16", "batch_size=8", "eval_data=[]",
