@@ -22,6 +22,11 @@ def prepare_run(options: TrainingOptions, command: str) -> Path:
             reset_run_folder(run_dir)
     save_config(options, run_dir / "config.yaml")
     (run_dir / "command.txt").write_text(command + "\n")
+    # Whatever is initialised at random from here on (a reward model's new head, LoRA's A
+    # matrices, a value head) is a function of the seed, not of what ran before in the process.
+    from posttrain.train.engine import seed_everything
+
+    seed_everything(options.seed)
     return run_dir
 
 

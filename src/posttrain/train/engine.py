@@ -155,6 +155,13 @@ class Engine:
     def device(self) -> torch.device:
         return self.accelerator.device
 
+    @property
+    def sharded(self) -> bool:
+        """Whether each process holds only a shard of the weights (FSDP, DeepSpeed)."""
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
     def unwrapped(self, model: torch.nn.Module | None = None) -> torch.nn.Module:
         """The bare model (no DDP / FSDP / DeepSpeed wrapper): for generate, saving, copies."""
         return self.accelerator.unwrap_model(self.model if model is None else model)
@@ -332,9 +339,7 @@ class Engine:
         """Under FSDP / DeepSpeed, the whole state dict gathered from the shards as accelerate
         documents (``Accelerator.get_state_dict``; every process must call it); ``None`` when
         the bare model already holds every weight (one process, DDP)."""
-        from accelerate.utils import DistributedType
-
-        if self.accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        if not self.sharded:
             return None
         return self.accelerator.get_state_dict(self.model if model is None else model)
 

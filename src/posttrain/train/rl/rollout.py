@@ -197,10 +197,13 @@ class HFRollout:
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 64, share_prompts: bool = False,
-                 cache: str = "dynamic"):
+                 cache: str = "dynamic", synced: bool = False):
         if cache not in ("dynamic", "static"):
             raise ValueError(f"unknown KV cache {cache!r}: choose dynamic or static")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        # Sharded weights (FSDP, ZeRO-3) are gathered layer by layer inside every forward, a
+        # collective: all processes keep stepping until the last one's rows are done.
+        self.synced = synced
         self.share_prompts, self.cache = share_prompts, cache
         self.pad_id = tokenizer.pad_token_id
         eos = tokenizer.eos_token_id
@@ -268,6 +271,8 @@ class HFRollout:
             processors.extend(sampling_warpers(temperature, top_p, top_k) + [sampler])
             sampling = {"do_sample": False}
         cache = {"cache_implementation": "static"} if self.cache == "static" else {}
+        if self.synced:
+            sampling["synced_gpus"] = True
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids,
                              pad_token_id=self.pad_id, use_cache=True, logits_processor=processors,
                              output_scores=not greedy and sampler is None, return_dict_in_generate=True,
@@ -355,11 +360,12 @@ class VLLMRollout:
 
 
 def make_backend(name: str, model, tokenizer, model_path: str | None = None, batch_size: int = 64,
-                 share_prompts: bool = False, cache: str = "dynamic"):
+                 share_prompts: bool = False, cache: str = "dynamic", synced: bool = False):
     """``hf`` (default) or ``vllm`` (which shares prompt prefixes and manages its KV cache by
-    itself: ``cache`` is for ``hf``)."""
+    itself: ``cache`` and ``synced`` are for ``hf``)."""
     if name == "hf":
-        return HFRollout(model, tokenizer, batch_size=batch_size, share_prompts=share_prompts, cache=cache)
+        return HFRollout(model, tokenizer, batch_size=batch_size, share_prompts=share_prompts, cache=cache,
+                         synced=synced)
     if name == "vllm":
         return VLLMRollout(model_path, tokenizer)
     raise ValueError(f"unknown rollout backend {name!r}: choose hf or vllm")

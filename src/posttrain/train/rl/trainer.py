@@ -179,7 +179,6 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
                             f"{world} processes: make it a multiple of {world}")
     # --- run folder, policy, tokenizer, engine (accelerate, optimizer, checkpoints, metrics)
     run_dir = prepare_run(config, command)
-    torch.manual_seed(config.seed)
     policy, tokenizer = load_policy(config)
     engine = Engine(config, policy, tokenizer)
     main, device = engine.is_main, engine.device
@@ -218,18 +217,22 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
         else FixedKLController(config.beta)
     single_update = update_gives_old_logps(config)
     share = prompt_sharing(config.share_prompts, engine.world)
-    # Generation runs on the bare model (DDP's wrapper has no generate).
+    # Generation runs on the bare model (DDP's wrapper has no generate); sharded, its forwards
+    # gather each layer's weights, so the processes generate in lockstep (``synced``).
     backend = make_backend(config.rollout_backend, engine.unwrapped(), tokenizer,
                            model_path=resolve_model_path(config.model),
                            batch_size=max(config.batch_size, local_prompts * config.group_size),
-                           share_prompts=share, cache=config.rollout_cache)
+                           share_prompts=share, cache=config.rollout_cache, synced=engine.sharded)
     rl_state = RLState(kl_controller, engine, backend, mask_model)
 
     def heldout(_model) -> dict:
         # Each process answers every world-th held-out row; the main process writes them all.
-        mine = heldout_items(backend, eval_rows[engine.rank::engine.world], config.max_new_tokens,
-                             first_index=engine.rank, stride=engine.world)
-        items = sorted(gather_object(mine) if engine.world > 1 else mine, key=lambda item: item["index"])
+        # (Sharded, every process generates every row: lockstep generation needs equal calls.)
+        split = engine.world > 1 and not engine.sharded
+        mine = heldout_items(backend, eval_rows[engine.rank::engine.world] if split else eval_rows,
+                             config.max_new_tokens, first_index=engine.rank if split else 0,
+                             stride=engine.world if split else 1)
+        items = sorted(gather_object(mine) if split else mine, key=lambda item: item["index"])
         if main:  # per-row results for paired before/after comparisons
             with (run_dir / "eval_samples.jsonl").open("a") as f:
                 for item in items:

@@ -1,0 +1,44 @@
+"""Every training command runs under ``accelerate launch --multi_gpu --num_processes 2`` (gloo,
+CPU) exactly as the README's "Scaling out" shows, and follows the one-process run's loss
+trajectory: SFT, DPO and the reward model with the same global batch (half the per-process
+batch on two processes), RLOO and NLPO with the same global ``prompts_per_step``. (GRPO and PPO,
+with rollouts and gradients, are in test_rl_distributed.py; SFT's first-step gradients in
+test_engine.py.)"""
+
+from __future__ import annotations
+
+
+import pytest
+
+from _launch import accelerate_launch
+from test_rl import read_metrics
+
+RL = ["max_new_tokens=6", "group_size=2", "prompts_per_step=4", "batch_size=4", "temperature=1.5",
+      "data=[{source: 'builtin:arithmetic_rlvr', n: 8}]", "eval_data=[]", "save_samples=0",
+      "reward=[{function: 'test_rl:length_reward'}]"]
+PAIRS = "data=[{source: 'builtin:arithmetic_preference', count: 16}]"
+
+# command, options shared by both runs, per-process batch options for 1 and for 2 processes
+CASES = {
+    "sft": (["data=[{source: 'builtin:arithmetic_sft', count: 16}]", "max_length=96", "eval_data=[]"], "batch_size=4", "batch_size=2"),
+    "dpo": ([PAIRS, "max_length=128", "max_prompt_length=64", "beta=0.5", "eval_data=[]"], "batch_size=4", "batch_size=2"),
+    "reward": ([PAIRS, "max_length=128", "max_prompt_length=64", "eval_data=[]"], "batch_size=4", "batch_size=2"),
+    "rloo": (RL, "", ""),
+    "nlpo": (RL + ["ppo_epochs=1", "num_minibatches=2", "mask_refresh_steps=1"], "", ""),
+}
+
+
+@pytest.mark.parametrize("command", list(CASES))
+def test_command_on_two_processes_follows_one_process(command, tiny_model_dir, tmp_path):
+    from posttrain.cli import main
+
+    shared, batch_one, batch_two = CASES[command]
+    common = [f"model={tiny_model_dir}", "max_steps=2", "learning_rate=1e-3", "progress=false", *shared]
+    assert main([command, f"out={tmp_path / 'one'}", *common, *filter(None, [batch_one])]) == 0
+    proc = accelerate_launch("-m", "posttrain.cli", command, f"out={tmp_path / 'two'}", *common,
+                             *filter(None, [batch_two]), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    one = [r["loss"] for r in read_metrics(tmp_path / "one") if "loss" in r]
+    two = [r["loss"] for r in read_metrics(tmp_path / "two") if "loss" in r]
+    assert len(one) == 2 and two == pytest.approx(one, rel=1e-4, abs=1e-6)
+    assert (tmp_path / "two" / "model" / "config.json").exists()
