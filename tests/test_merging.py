@@ -190,7 +190,7 @@ def test_mismatched_shapes_name_the_folder_and_tensor(models, tokenizer, tmp_pat
     code = cli_main(["merge", "linear", "--models", models["a"], other, "--out", str(tmp_path / "out"),
                      "--no-progress"])
     err_lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err_lines) == 1 and err_lines[0].startswith("posttrain merge: error:")
+    assert code == 2 and len(err_lines) == 1 and err_lines[0].startswith("posttrain merge: error:")
     assert "down_proj" in err_lines[0]
 
 
@@ -199,7 +199,7 @@ def test_existing_output_needs_overwrite(models, tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     argv = ["merge", "linear", "--models", models["a"], models["b"], "--out", str(out), "--no-progress"]
-    assert cli_main(argv) == 1
+    assert cli_main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err and (out / "keep.txt").exists()
     assert cli_main(argv + ["--overwrite"]) == 0
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
@@ -390,5 +390,5 @@ def test_cli_mixtures_trains_partitions_and_prints_spearman(models, tmp_path, ca
     assert f"Spearman's rho against the true scores: {rho:.3f}" in printed
     assert (out / "partitions" / "arith" / "model" / "config.json").exists()
     # bad input is one clear line
-    assert cli_main(argv[:6] + ["--mixture", "x=arith:lots", "--eval-data", EVAL, "--out", str(out)]) == 1
+    assert cli_main(argv[:6] + ["--mixture", "x=arith:lots", "--eval-data", EVAL, "--out", str(out)]) == 2
     assert "is not a number" in capsys.readouterr().err

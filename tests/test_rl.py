@@ -408,6 +408,6 @@ def test_function_rewards_train_on_bare_prompts_and_verifiers_still_need_answers
                      filter_zero_variance_groups=False, temperature=2.0))
     record = [r for r in read_metrics(tmp_path / "bare") if "reward_mean" in r][0]
     assert record["reward_mean"] > 0 and record["reward/length_reward"] == pytest.approx(record["reward_mean"])
-    with pytest.raises(DataError, match=r"row 0, field 'ground_truth'.*function / reward_model"):
+    with pytest.raises(DataError, match=r"prompts.jsonl, line \d+, field 'ground_truth'.*function / reward_model"):
         run_rl(rl_config(GRPOConfig, tiny_model_dir, tmp_path / "verified", max_steps=1, eval_data=[],
                          data=[str(prompts)], reward=[{"verifier": "gsm8k"}]))

@@ -192,10 +192,12 @@ def rewind_step_logs(run_dir: Path, step: int) -> None:
 
 def write_manifest(folder: Path) -> None:
     """Record every file's size in ``folder/manifest.json`` and flush the files to disk; call it
-    on the temporary folder just before it is renamed into place."""
+    on the temporary folder just before it is renamed into place. The per-process RNG files
+    (``rng-<rank>.pt``) are left out: the other processes write theirs concurrently, so their
+    size is not known yet, and a process resumes without its RNG file if it is missing."""
     sizes = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
+        if path.is_file() and not (path.parent == folder and path.name.startswith("rng-")):
             with path.open("rb") as f:
                 os.fsync(f.fileno())
             sizes[str(path.relative_to(folder))] = path.stat().st_size
