@@ -41,6 +41,9 @@ from posttrain.config import TrainingOptions
 StepFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 
 
+SHARDED_STATE = "sharded_state"   # accelerate's save_state folder inside a checkpoint (FSDP, DeepSpeed)
+
+
 class TrainingError(RuntimeError):
     """Training stopped for a reason the user must act on (the message says what to do)."""
 
@@ -315,12 +318,14 @@ class Engine:
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         torch.save(_rng_state(), tmp / f"rng-{self.rank}.pt")
+        if self.sharded:  # each process's optimizer shard, as accelerate saves and reloads them
+            acc.save_state(str(tmp / SHARDED_STATE))
         weights = self.full_state_dict()
         extras = [(t.name, self.full_state_dict(t.model) or self.unwrapped(t.model).state_dict())
                   for t in self.trainables[1:]]
         if self.is_main:
             save_model(self.unwrapped(), self.tokenizer, tmp, merge_lora=False, state_dict=weights)
-            torch.save({"optimizers": [t.optimizer.state_dict() for t in self.trainables],
+            torch.save({"optimizers": [None if self.sharded else t.optimizer.state_dict() for t in self.trainables],
                         "schedulers": [t.scheduler.state_dict() for t in self.trainables],
                         "models": dict(extras), "extra": extra_state.state_dict() if extra_state else None,
                         "state": vars(self.state), "world": self.world}, tmp / "trainer_state.pt")
@@ -363,13 +368,19 @@ class Engine:
             if hasattr(model, "tie_weights"):
                 model.tie_weights()
         blob = torch.load(path / "trainer_state.pt", weights_only=False)
+        if "optimizers" not in blob:
+            raise TrainingError(f"checkpoint {path} was written by an earlier posttrain release (one optimizer "
+                                f"state, no extra models); start a new run folder")
         if blob["world"] != self.world:
             raise TrainingError(f"checkpoint {path} was written by {blob['world']} processes; resume with the same number")
         if len(blob["optimizers"]) != len(self.trainables):
             raise TrainingError(f"checkpoint {path} holds {len(blob['optimizers'])} optimizers for "
                                 f"{len(self.trainables)} models: start a new run folder")
+        if self.sharded:
+            self.accelerator.load_state(str(path / SHARDED_STATE))
         for t, opt_state, sched_state in zip(self.trainables, blob["optimizers"], blob["schedulers"]):
-            t.optimizer.load_state_dict(opt_state)
+            if opt_state is not None:
+                t.optimizer.load_state_dict(opt_state)
             t.scheduler.load_state_dict(sched_state)
             if t.name in blob["models"]:
                 self.unwrapped(t.model).load_state_dict(blob["models"][t.name])
