@@ -192,12 +192,13 @@ def rewind_step_logs(run_dir: Path, step: int) -> None:
 
 def write_manifest(folder: Path) -> None:
     """Record every file's size in ``folder/manifest.json`` and flush the files to disk; call it
-    on the temporary folder just before it is renamed into place. The per-process RNG files
-    (``rng-<rank>.pt``) are left out: the other processes write theirs concurrently, so their
-    size is not known yet, and a process resumes without its RNG file if it is missing."""
+    on the temporary folder just before it is renamed into place. It covers the files the main
+    process writes (weights, tokenizer, config, trainer state): what the other processes write
+    concurrently (``rng-<rank>.pt``, accelerate's sharded-state folder) has no final size yet
+    when this runs, and a size read mid-write would condemn a sound checkpoint."""
     sizes = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not (path.parent == folder and path.name.startswith("rng-")):
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith("rng-"):
             with path.open("rb") as f:
                 os.fsync(f.fileno())
             sizes[str(path.relative_to(folder))] = path.stat().st_size
