@@ -189,8 +189,10 @@ def test_action_mask_is_refused(workers, prompts):
 def test_run_on_ray_runs_in_an_actor(cluster):
     def where_am_i(x, scale=1):  # a local function travels by value (cloudpickle)
         context = ray.get_runtime_context()
-        return {"value": x * scale, "pid": os.getpid(), "in_actor": context.get_actor_id() is not None}
+        return {"value": x * scale, "pid": os.getpid(), "in_actor": context.get_actor_id() is not None,
+                "node": context.get_node_id()}
 
     # num_cpus=0: the rollout workers hold both CPUs of this cluster
     out = run_on_ray(where_am_i, 21, num_cpus=0, scale=2)
     assert out["value"] == 42 and out["in_actor"] and out["pid"] != os.getpid()
+    assert out["node"] == ray.get_runtime_context().get_node_id()   # the learner writes where the user runs

@@ -110,13 +110,21 @@ def _probe(address: str | None, timeout: float = 10.0):
 
 
 def run_on_ray(fn: Callable, *args, num_cpus: float = 1, num_gpus: float = 0, resources: dict | None = None,
-               **kwargs):
+               on_this_node: bool = True, **kwargs):
     """``fn(*args, **kwargs)`` inside a Ray actor holding ``num_cpus``/``num_gpus`` (e.g. the
     learner: ``run_on_ray(run_rl, config, num_gpus=1)``); returns its value and ends the actor.
-    ``fn`` and its arguments are pickled (cloudpickle: module-level functions travel by name).
-    Connects to (or starts) a cluster first if this process is not connected."""
-    ray = connect() if not _ray().is_initialized() else _ray()
-    actor = ray.remote(_Runner).options(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None).remote()
+    ``on_this_node``: the actor runs on the calling process's node, so the files it writes (the
+    run folder) land where the user looks for them; otherwise Ray picks the node. ``fn`` and its
+    arguments are pickled (cloudpickle: module-level functions travel by name). Connects to (or
+    starts) a cluster first if this process is not connected."""
+    ray = connect()
+    options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources or None}
+    if on_this_node:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                        soft=False)
+    actor = ray.remote(_Runner).options(**options).remote()
     try:
         return ray.get(actor.run.remote(fn, args, kwargs))
     finally:
