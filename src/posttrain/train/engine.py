@@ -213,6 +213,12 @@ class Engine:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         return self.accelerator.reduce(t, reduction="sum").tolist()
 
+    def all_reduce_max(self, value: float) -> float:
+        """The largest ``value`` over processes."""
+        if self.world == 1:
+            return value
+        return float(self.all_gather(torch.tensor([value], dtype=torch.float64)).max())
+
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every process's ``tensor`` (same shape on each) concatenated in rank order along dim 0."""
         if self.world == 1:

