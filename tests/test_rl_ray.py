@@ -21,15 +21,8 @@ def letter_e_reward(prompts, completions, **columns):
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    yield c
-    ray.shutdown()
-    c.shutdown()
+def cluster(ray_cluster):
+    return ray_cluster
 
 
 def train(tiny_model_dir, out, **extra):
@@ -70,3 +63,26 @@ def test_async_ray_run_stays_within_its_staleness_bound(cluster, tiny_model_dir,
     assert any(abs(r["rollout/tis_weight_mean"] - 1.0) > 1e-4 for r in stale)
     # the learner trained on the stale batches (its weights moved and were pushed to the workers)
     assert sum(r["trained_share"] > 0 for r in records) >= 4
+
+
+@pytest.mark.experiment
+def test_async_ray_grpo_learns_arithmetic_on_the_embedded_model(tmp_path):
+    """The issue's acceptance run (minutes on CPU; `make test-experiments`): GRPO on single-digit
+    arithmetic with the embedded model, two rollout workers generating one policy version ahead
+    (async_steps=1, TIS capped at 2) on a local Ray cluster; the reward rises and the staleness
+    stays within its bound."""
+    from posttrain.train.rl.trainer import run_rl
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        run_rl(rl_config(GRPOConfig, "smollm2-135m-instruct", tmp_path / "run", placement="ray", rollout_workers=2,
+                         async_steps=1, tis_cap=2.0, max_steps=16, prompts_per_step=8, group_size=4,
+                         max_new_tokens=24, learning_rate=1e-5, temperature=0.7, batch_size=8,
+                         reward=[{"verifier": "auto"}], eval_data=[],
+                         data=[{"source": "builtin:arithmetic_rlvr", "n": 128}]))
+    finally:
+        ray.shutdown()
+    records = [r for r in read_metrics(tmp_path / "run") if "reward_mean" in r]
+    assert max(r["rollout/staleness"] for r in records) <= 1
+    rewards = [r["reward_mean"] for r in records]
+    assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4, rewards

@@ -176,6 +176,12 @@ VALIDATORS = {"sft": validate_sft_row, "preference": validate_preference_row, "r
 
 
 def validate_rows(rows: list[dict], kind: str, source: str) -> list[dict]:
+    return [row for _, row in validate_located_rows(rows, kind, source)]
+
+
+def validate_located_rows(rows: list, kind: str, source: str) -> list[tuple[str, dict]]:
+    """Validate every row as ``kind``; returns (location, normalised row) pairs, the location
+    naming the row's file and own line (``row_location``)."""
     if kind not in VALIDATORS:
         raise ValueError(f"unknown data kind {kind!r}")
     if not rows:
@@ -186,5 +192,5 @@ def validate_rows(rows: list[dict], kind: str, source: str) -> list[dict]:
         where = row_location(row, source, i)
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected an object with named columns, got {type(row).__name__}")
-        out.append(check(row, where, None))
+        out.append((where, check(row, where, None)))
     return out

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from posttrain.config import ConfigError, TrainingOptions
-from posttrain.data.formats import VALIDATORS, DataError, row_location
+from posttrain.data.formats import DataError, validate_located_rows
 from posttrain.data.sources import mix_sources
 from posttrain.train.run_folder import check_out_folder, check_resume_config, is_main_process
 
@@ -56,16 +56,7 @@ def _is_sft(options) -> bool:
 
 def check_rows(rows: list, kind: str, source: str) -> list[tuple[str, dict]]:
     """Validate every row as ``kind``; returns (location, normalised row) pairs."""
-    if not rows:
-        raise DataError(f"{source}: no rows (empty file or split)")
-    check = VALIDATORS[kind]
-    out = []
-    for i, row in enumerate(rows):
-        where = row_location(row, source, i)
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected an object with named columns, got {type(row).__name__}")
-        out.append((where, check(row, where, None)))
-    return out
+    return validate_located_rows(rows, kind, source)
 
 
 # --------------------------------------------------------------------------- RL
