@@ -46,8 +46,8 @@ def tiny64_dir(tmp_path_factory, tokenizer):
 def run_grpo(model_dir, out, **extra):
     from posttrain.train.rl.trainer import run_rl
 
-    run_rl(rl_config(GRPOConfig, model_dir, out, max_steps=3, temperature=1.0, learning_rate=3e-3,
-                     eval_data=[], **extra))
+    options = {"max_steps": 3, "temperature": 1.0, "learning_rate": 3e-3, "eval_data": [], **extra}
+    run_rl(rl_config(GRPOConfig, model_dir, out, **options))
     return [r for r in read_metrics(out) if "reward_mean" in r]
 
 
@@ -124,9 +124,10 @@ def test_vllm_server_grpo_syncs_weights_through_its_rpc_route(tiny64_dir, vllm_s
     assert (tmp_path / "run" / "weight_sync" / "model.safetensors").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.experiment
 def test_colocated_vllm_grpo_on_the_embedded_model(tmp_path):
-    """The issue's check on the real 135M model in fp32: three GRPO steps, gap ≤ 1e-3 after every sync."""
+    """The issue's check on the real 135M model in fp32: three GRPO steps, gap ≤ 1e-3 after every
+    sync (`make test-experiments`: not yet run, see issue 20's notes)."""
     records = run_grpo("smollm2-135m-instruct", tmp_path / "run", rollout_backend="vllm", batch_size=8,
                        learning_rate=1e-5, data=[{"source": "builtin:arithmetic_rlvr", "n": 8}],
                        max_prompt_length=128, max_new_tokens=16)
