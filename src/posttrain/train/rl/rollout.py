@@ -71,14 +71,6 @@ class Rollout:
     def num_completion_tokens(self) -> int:
         return int(self.completion_mask.sum())
 
-    def select(self, rows: list[int] | torch.Tensor) -> "Rollout":
-        """The sub-batch of ``rows`` (used to drop zero-variance groups)."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        idx = rows.tolist()
-        return Rollout([self.prompt_ids[i] for i in idx], self.prompt_index[rows], self.completion_ids[rows],
-                       self.completion_mask[rows], self.sampling_logps[rows], [self.texts[i] for i in idx],
-                       self.finished[rows], self.group_size, self.pad_id, self.seconds)
-
 
 class RolloutBackend(Protocol):
     """``seeds``: one integer per prompt. Completion j of a prompt is then drawn from its own
