@@ -102,7 +102,7 @@ def main():
     import torch
 
     from posttrain.merging import merge_linear, merge_task_arithmetic
-    from posttrain.merging_experiments import (perplexity, rank_correlation, simulate_mixtures,
+    from posttrain.merging.experiments import (perplexity, rank_correlation, simulate_mixtures,
                                                train_partition_models)
 
     out = Path(args.out)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from posttrain import merging, merging_experiments
+from posttrain.merging import experiments as merging_experiments
+from posttrain.merging import methods as merging
 from posttrain.cli import main as cli_main
 from posttrain.merging import MergeError
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from posttrain.data.builtin_pluralistic import make_routing_dataset
-from posttrain.routing import FEATURES, main, register_feature, route, routed_rows
+from posttrain.routing import FEATURES, register_feature, route, routed_rows
+from posttrain.routing.cli import main
 
 torch.set_num_threads(1)
 

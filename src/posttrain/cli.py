@@ -34,11 +34,11 @@ TRAINING_COMMANDS = {
 # command → (module with main(argv) -> int, one-line help)
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("posttrain.evaluation.cli", "evaluate a model on task suites (dev, unseen) or named tasks"),
-    "decontaminate": ("posttrain.decontamination_cli", "find and drop training rows that overlap evaluation sets"),
-    "merge": ("posttrain.merging_cli", "merge models: averaging, task arithmetic, interpolation sweeps, mixture simulation"),
-    "data": ("posttrain.data.inspect", "inspect a dataset: sizes, lengths, duplicates, language, contamination"),
-    "route": ("posttrain.routing", "route preference instances to human or LM labels under a budget"),
-    "recipe": ("posttrain.recipes.runner", "run, list or show multi-stage recipes (tulu3-mini, tulu3-8b)"),
+    "decontaminate": ("posttrain.decontamination.cli", "find and drop training rows that overlap evaluation sets"),
+    "merge": ("posttrain.merging.cli", "merge models: averaging, task arithmetic, interpolation sweeps, mixture simulation"),
+    "data": ("posttrain.data.cli", "inspect a dataset: sizes, lengths, duplicates, language, contamination"),
+    "route": ("posttrain.routing.cli", "route preference instances to human or LM labels under a budget"),
+    "recipe": ("posttrain.recipes.cli", "run, list or show multi-stage recipes (tulu3-mini, tulu3-8b)"),
 }
 
 

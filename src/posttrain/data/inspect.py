@@ -20,15 +20,13 @@ With ``--out DIR`` it writes ``DIR/report.md``, ``DIR/report.json`` and ``DIR/le
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 from collections import Counter
 from pathlib import Path
 
-from posttrain.decontamination import MinHashIndex, decontaminate, normalize_tokens, row_text
+from posttrain.decontamination.overlap import MinHashIndex, decontaminate, normalize_tokens, row_text
 
-__all__ = ["main", "inspect_rows", "format_markdown"]
+__all__ = ["inspect_rows", "format_markdown", "plot_lengths"]
 
 NEAR_DUP_THRESHOLD = 0.8
 
@@ -158,7 +156,7 @@ def inspect_rows(rows: list[dict], tokenizer: str | None = None, language_sample
     return report
 
 
-def _plot(lengths: list[int], unit: str, path: Path) -> None:
+def plot_lengths(lengths: list[int], unit: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,47 +202,3 @@ def format_markdown(source: str, report: dict, plot: str | None = None) -> str:
                   f"{s['eval_examples_hit']}/{s['eval_examples']} |" for s in c["sets"]]
         lines += [f"- skipped {k}: {v}" for k, v in c["skipped"].items()]
     return "\n".join(lines) + "\n"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="posttrain data", description="dataset tools",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("inspect", help="sizes, lengths, turns, duplicates, language, contamination",
-                       description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("source", help="builtin:name[:split], a local .jsonl/.json/.parquet, or a hub dataset")
-    q.add_argument("--split", default=None, help="split for hub sources (default train)")
-    q.add_argument("--limit", type=int, default=None, help="inspect only the first N rows")
-    q.add_argument("--tokenizer", default=None,
-                   help="model spec whose tokenizer measures lengths (default: the embedded one; 'whitespace' for words)")
-    q.add_argument("--language-sample", type=int, default=200, help="rows sampled for language detection (default 200)")
-    q.add_argument("--no-contamination", action="store_true", help="skip the check against evaluation tasks")
-    q.add_argument("--out", default=None, help="folder for report.md, report.json and lengths.png")
-    return p
-
-
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    from rich.console import Console
-    from rich.markdown import Markdown
-
-    from posttrain.data.sources import load_source
-
-    rows = load_source(args.source, split=args.split, n=args.limit)
-    report = inspect_rows(rows, tokenizer=args.tokenizer, language_sample=args.language_sample,
-                          contamination=not args.no_contamination)
-    lengths = report.pop("_lengths")
-    plot = None
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        _plot(lengths, report["length_unit"], out / "lengths.png")
-        plot = "lengths.png"
-        (out / "report.json").write_text(json.dumps({"source": args.source, **report}, indent=2) + "\n")
-    text = format_markdown(args.source, report, plot)
-    if args.out:
-        (Path(args.out) / "report.md").write_text(text)
-    Console().print(Markdown(text))
-    if args.out:
-        Console().print(f"written: {args.out}/report.md, report.json, lengths.png")
-    return 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from posttrain.embeddings import embed_texts
+from posttrain.models.embeddings import embed_texts
 
 
 @dataclass

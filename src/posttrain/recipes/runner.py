@@ -17,7 +17,6 @@ checkpoint; evaluation is resumable per sample. So re-running after a crash redo
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -104,7 +103,7 @@ def _evaluate(recipe: dict, model: str, out_dir: Path) -> dict:
 def _prepare_data(recipe: dict, out: Path) -> dict:
     """Each stage's training rows, decontaminated against the evaluation prompts, as jsonl files."""
     from posttrain.data import mix_sources
-    from posttrain.decontamination import decontaminate, filter_rows, flagged_rows, write_clean, write_report
+    from posttrain.decontamination.overlap import decontaminate, filter_rows, flagged_rows, write_clean, write_report
     from posttrain.evaluation.tasks import task_prompts
 
     report_path = out / "decontamination.json"
@@ -165,25 +164,3 @@ def run(name: str, out: str | Path) -> Path:
     path = write_recipe_report(out, recipe, evals, contamination)
     print(f"[recipe {recipe['name']}] done: {path}")
     return path
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="posttrain recipe", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="list the recipes that ship with posttrain")
-    p_show = sub.add_parser("show", help="print a recipe with every stage's resolved options")
-    p_show.add_argument("name")
-    p_run = sub.add_parser("run", help="run a recipe end to end (resumable)")
-    p_run.add_argument("name", help="recipe name (see `posttrain recipe list`) or a YAML file")
-    p_run.add_argument("--out", required=True, help="run folder, e.g. runs/tulu3-mini")
-    args = parser.parse_args(argv)
-    if args.action == "list":
-        for recipe in list_recipes():
-            first = (RECIPES_DIR / f"{recipe}.yaml").read_text().splitlines()[0].lstrip("# ")
-            print(f"{recipe:12s} {first.split(':', 1)[-1].strip()}")
-    elif args.action == "show":
-        print(show(args.name))
-    else:
-        run(args.name, args.out)
-    return 0

@@ -10,7 +10,7 @@
   by the perplexity of the weighted parameter average of its partitions' models;
   :func:`rank_correlation` compares that ranking with true scores.
 
-The merges themselves are :mod:`posttrain.merging`.
+The merges themselves are :mod:`posttrain.merging.methods`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from posttrain.merging import (MergeError, _finite, merge_interpolate, merge_linear, merge_task_arithmetic,
+from posttrain.merging.methods import (MergeError, _finite, merge_interpolate, merge_linear, merge_task_arithmetic,
                                normalize_weights, spearman)
 from posttrain.train.common import log as _log  # rich print, as every trainer logs
 

@@ -1,6 +1,6 @@
 """Model merging (``posttrain merge``): weight averaging, task arithmetic and interpolation. The
 experiments built on them (an α sweep, train-a-skill-then-merge, data-mixture simulation) are
-:mod:`posttrain.merging_experiments`.
+:mod:`posttrain.merging.experiments`.
 
 Every method combines models that share tensor names and shapes, one tensor at a time: the output
 tensor ``name`` is computed from the inputs' tensors ``name`` alone. Inputs are read lazily from

@@ -7,7 +7,7 @@
 ``--train`` takes sources (``builtin:name[:split]``, local .jsonl/.json/.parquet, hub names).
 ``--eval`` takes evaluation task names (their prompts; ``TASK=FILE`` loads a hub task from a
 local file in its schema) or sources (their rows' prompt text). The score and modes are those of
-:mod:`posttrain.decontamination` (TÜLU 3: a row is flagged when it holds >= threshold of an eval
+:mod:`posttrain.decontamination.overlap` (TÜLU 3: a row is flagged when it holds >= threshold of an eval
 prompt's 8-grams). ``--write-clean DIR`` writes each training source without its flagged rows,
 in the input's format (``DIR/<file name>``; built-in and hub sources as ``.jsonl``).
 """
@@ -18,7 +18,7 @@ import argparse
 import re
 from pathlib import Path
 
-from posttrain.decontamination import MODES, decontaminate, filter_rows, flagged_rows, row_text, write_clean, write_report
+from posttrain.decontamination.overlap import MODES, decontaminate, filter_rows, flagged_rows, row_text, write_clean, write_report
 
 __all__ = ["main", "eval_texts", "clean_path"]
 

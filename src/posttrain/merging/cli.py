@@ -14,7 +14,7 @@ Models are folders with safetensors weights (single file or sharded), any model 
 (``smollm2-135m-instruct``, hub ids), or peft LoRA adapter folders, which are merged into their base
 first (W + (α/r)·B·A) so every method sees full models; the output is always a full model folder
 (config, tokenizer and chat template from the first model, the base for task arithmetic) with a
-``merge.json``. Tensors are streamed one at a time; see :mod:`posttrain.merging` for the formulas.
+``merge.json``. Tensors are streamed one at a time; see :mod:`posttrain.merging.methods` for the formulas.
 Data sources (``--skill-data``, ``--partition``, ``--eval-data``) are source specs
 (``builtin:name[:split]``, .jsonl/.json/.parquet, hub names) or YAML entries such as
 ``'{source: builtin:arithmetic_sft, count: 500}'``.
@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import argparse
 
-from posttrain import merging, merging_experiments
+from posttrain.merging import experiments as merging_experiments
+from posttrain.merging import methods as merging
 from posttrain.config import ConfigError
 
 __all__ = ["main", "build_parser"]
