@@ -40,7 +40,7 @@ def bench_ours(data: list[dict], steps: int, warmup: int, out: str, *extra: str)
     from posttrain.config import load_config
     from posttrain.train import dpo
 
-    from posttrain.train import preference_data
+    from posttrain.data import preference as preference_data
 
     stamps: list[float] = []
 

@@ -46,7 +46,7 @@ def _step(trainer: str, model, rows: int, tokens: int, chunked: bool, vocab: int
         return lambda: step(model, batch)[0].backward()
     if trainer == "dpo":   # rows pairs: a prompt of tokens/2, chosen and rejected of tokens/2 each
         from posttrain.train.dpo import completion_logps
-        from posttrain.train.preference_data import PairBatches
+        from posttrain.data.preference import PairBatches
 
         half = tokens // 2
         pairs = [{"prompt_ids": ids(half).tolist(), "chosen_ids": ids(half).tolist(),
@@ -54,7 +54,7 @@ def _step(trainer: str, model, rows: int, tokens: int, chunked: bool, vocab: int
         batch = PairBatches(pairs, 2, share_prompts=True)(list(range(rows)))
         return lambda: completion_logps(model, batch, chunked)[0].sum().backward()
     # grpo: rows / 4 prompts of tokens/2, 4 completions each of tokens/2, weighted by advantages
-    from posttrain.train.layout import completion_token_logps
+    from posttrain.models.layout import completion_token_logps
 
     half = tokens // 2
     prompts = [p for p in (ids(half).tolist() for _ in range(max(rows // 4, 1))) for _ in range(4)]

@@ -5,9 +5,10 @@ import sys
 
 import torch
 
-from posttrain.config import load_config, SFTConfig
+from posttrain.config import load_config
 from posttrain.train.engine import Engine
-from posttrain.train.sft import SFTBatches, sft_normalizer_fn, sft_step, tokenize_sft
+from posttrain.data.sft import SFTBatches, tokenize_sft
+from posttrain.train.sft import SFTConfig, sft_normalizer_fn, sft_step
 from posttrain.data import load_source
 from posttrain.models import load_model, load_tokenizer
 

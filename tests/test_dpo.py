@@ -12,7 +12,7 @@ from posttrain.data.formats import DataError
 from posttrain.train import dpo as dpo_module
 from posttrain.train.dpo import DPOConfig, completion_logps, compute_reference_logps, dpo_step, frozen_copy_reference, \
     reference_from_batch, run_dpo
-from posttrain.train.preference_data import PairBatches, encode_pair_row, tokenize_pairs
+from posttrain.data.preference import PairBatches, encode_pair_row, tokenize_pairs
 
 ROWS = [
     {"prompt": "What is 2 + 3?", "chosen": "2 + 3 = 5.\nThe answer is 5.", "rejected": "2 + 3 = 6.\nThe answer is 6."},

@@ -89,7 +89,7 @@ def test_sft_step_with_the_chunked_head_equals_the_plain_step(tokenizer, reducti
 def test_heads_that_transform_their_logits_keep_the_plain_path(tokenizer):
     from conftest import build_tiny_model
 
-    from posttrain.train.lm_head import chunkable_head
+    from posttrain.models.lm_head import chunkable_head
 
     model = build_tiny_model(tokenizer)
     decoder, weight = chunkable_head(model)
@@ -105,7 +105,8 @@ def test_heldout_loss_is_the_same_with_the_chunked_head(tokenizer):
     from conftest import build_tiny_model
 
     from posttrain.data import encode_conversation
-    from posttrain.train.sft import SFTBatches, heldout_loss
+    from posttrain.data.sft import SFTBatches
+    from posttrain.train.sft import heldout_loss
 
     convs = [[{"role": "user", "content": f"{a} times {b}?"}, {"role": "assistant", "content": f"{a * b}"}]
              for a, b in [(2, 3), (11, 12), (9, 9)]]

@@ -67,7 +67,7 @@ def _rollout_like(tokenizer, group=3):
 def test_completion_log_probs_through_a_model_equal_the_plain_path(tokenizer, share_prompts):
     from conftest import build_tiny_model
 
-    from posttrain.train.layout import completion_token_logps
+    from posttrain.models.layout import completion_token_logps
 
     rows, completion, mask = _rollout_like(tokenizer)
     upstream = torch.randn(mask.shape, generator=torch.Generator().manual_seed(1))
@@ -92,7 +92,7 @@ def test_a_forward_that_skips_the_decoder_is_a_clear_error(tokenizer):
     forward TRL/accelerate wrapped does) never reaches this decoder: say so, and how to go on."""
     from conftest import build_tiny_model
 
-    from posttrain.train.layout import completion_token_logps
+    from posttrain.models.layout import completion_token_logps
 
     model, other = build_tiny_model(tokenizer), build_tiny_model(tokenizer, seed=1)
     model.forward = other.forward

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from posttrain.data.builtin_pluralistic import make_pluralistic_dataset
+from posttrain.losses.kl import gaussian_kl_to_standard
 from posttrain.models.embeddings import embed_texts, hashed_bow_embeddings
 from posttrain.pluralistic import (
-    TrainConfig, VPLRewardModel, active_learning_curve, evaluate_heldout, embed_rows, gaussian_kl_to_standard,
+    TrainConfig, VPLRewardModel, active_learning_curve, evaluate_heldout, embed_rows,
     group_users, majority_flipped, queries_to_reach, select_query, stratified_context, train_bt, train_vpl,
 )
 

@@ -13,7 +13,7 @@ from posttrain.config import ConfigError, load_config
 from posttrain.data import mix_sources
 from posttrain.rewards.reward_model import RewardModelReward, RewardModelScorer, ensure_distinct_pad, \
     format_accuracy_table, load_reward_model, pairwise_accuracy, resolve_backbone, sequence_scores
-from posttrain.train.preference_data import PairBatches, tokenize_pairs
+from posttrain.data.preference import PairBatches, tokenize_pairs
 from posttrain.train.reward import RewardConfig, reward_step, run_reward
 
 ROWS = [

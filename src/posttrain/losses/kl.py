@@ -112,3 +112,10 @@ class AdaptiveKLController:
         error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
         return self.value
+
+
+def gaussian_kl_to_standard(mu_BZ: torch.Tensor, logvar_BZ: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, diag σ²) ‖ N(0, I)) per row = ½ Σ_z (μ² + σ² − 1 − log σ²), shape (B,): the
+    prior term of a VAE's ELBO (Kingma & Welling 2014, appendix B), as VPL's latent user model
+    uses it (Poddar et al. 2024, eq. 3)."""
+    return 0.5 * (mu_BZ.pow(2) + logvar_BZ.exp() - 1.0 - logvar_BZ).sum(-1)

@@ -41,7 +41,8 @@ def perplexity(model: str | Path, eval_data: Sequence[Any], *, max_length: int =
     Returns ``{"nll", "perplexity", "conversations"}``."""
     from posttrain.data import mix_sources
     from posttrain.models import load_model, load_tokenizer
-    from posttrain.train.sft import SFTBatches, heldout_loss, tokenize_sft
+    from posttrain.data.sft import SFTBatches, tokenize_sft
+    from posttrain.train.sft import heldout_loss
 
     tokenizer = load_tokenizer(str(model))
     net = load_model(str(model)).eval()
@@ -153,8 +154,8 @@ def _run_sft(model: str | Path, data: list, run_dir: Path, overrides: Sequence[s
     resolved config is reused. ``overrides`` are SFT ``key=value`` options (not model/out/data)."""
     import yaml
 
-    from posttrain.config import ConfigError, SFTConfig, load_config, to_dict
-    from posttrain.train.sft import run_sft
+    from posttrain.config import ConfigError, load_config, to_dict
+    from posttrain.train.sft import SFTConfig, run_sft
 
     fixed = {"model", "out", "data"}
     if clash := [o for o in overrides if o.split("=", 1)[0].strip().replace("-", "_") in fixed]:

@@ -14,16 +14,6 @@ from torch import nn
 # Math (pure functions)
 
 
-def gaussian_kl_to_standard(mu_BZ: torch.Tensor, logvar_BZ: torch.Tensor) -> torch.Tensor:
-    """KL(N(μ, diag σ²) ‖ N(0, I)) per row = ½ Σ_z (μ² + σ² − 1 − log σ²). Shape (B,)."""
-    return 0.5 * (mu_BZ.pow(2) + logvar_BZ.exp() - 1.0 - logvar_BZ).sum(-1)
-
-
-def bradley_terry_nll(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    """−log σ(r⁺ − r⁻), elementwise (no reduction)."""
-    return -F.logsigmoid(r_chosen - r_rejected)
-
-
 def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     p = p.clamp(1e-6, 1 - 1e-6)
     return -(p * p.log() + (1 - p) * (1 - p).log())

@@ -2,7 +2,7 @@
 
 A reward model is an ``AutoModelForSequenceClassification`` with one label (``posttrain reward``
 trains one). Its input is the same token sequence the trainer built: the rendered generation
-prompt followed by the response up to its EOS (``train/preference_data.py``), or
+prompt followed by the response up to its EOS (``data/preference.py``), or
 ``"prompt\\n\\nresponse"`` for encoders without a chat template.
 
 Where the score is read. Decoder heads (Llama-style ``score``) are read at the LAST REAL token
@@ -99,9 +99,9 @@ def shared_prompt_scores(model, prompts: list[list[int]], row_index: torch.Tenso
                          response_mask_BR: torch.Tensor, pad_id: int) -> torch.Tensor:
     """(B,) scores of a decoder reward model where row b is ``prompts[row_index[b]]`` followed by
     its response: each distinct prompt runs once through the backbone and the responses continue
-    from its copied KV cache (``train/layout.py``); the head reads the last response token."""
+    from its copied KV cache (``models/layout.py``); the head reads the last response token."""
     from posttrain.models.kv_cache import kv_cache
-    from posttrain.train.layout import continue_from_cache, shared_prompt_cache
+    from posttrain.models.layout import continue_from_cache, shared_prompt_cache
 
     inner = getattr(model, "module", model)
     backbone = inner.base_model  # hidden states, no LM or score head
@@ -150,7 +150,7 @@ class RewardModelScorer:
         self.batch_size, self.max_length, self.max_prompt_length = batch_size, max_length, max_prompt_length
 
     def encode(self, prompt, completion) -> list[int]:
-        from posttrain.train.preference_data import encode_sequence
+        from posttrain.data.preference import encode_sequence
 
         return encode_sequence(self.tokenizer, _messages(prompt, "user"), _messages(completion, "assistant"),
                                self.max_length, self.max_prompt_length)

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
+from posttrain.losses.preference import bradley_terry_loss
 from posttrain.models.embeddings import embed_texts
 
 # ---------------------------------------------------------------------------
@@ -108,13 +108,15 @@ def bucket_vocabulary(rows: list[dict], features: list[str]) -> tuple[list[str],
 def train_linear_bt(diff_ND: torch.Tensor, y_MN: torch.Tensor, steps: int = 150, lr: float = 0.05, l2: float = 1e-3) -> torch.Tensor:
     """Fit M linear BT models at once. diff_ND = e(x, a) − e(x, b); y_MN = 1 if a ≻ b. → W (M, D).
 
-    No bias: σ(w·(e_a − e_b)) is symmetric in swapping a and b. Full-batch Adam, mean BCE + l2‖w‖².
+    No bias: σ(w·(e_a − e_b)) is symmetric in swapping a and b. Full-batch Adam, mean Bradley–Terry loss + l2‖w‖².
     """
     W_MD = torch.zeros(y_MN.shape[0], diff_ND.shape[1], requires_grad=True)
     opt = torch.optim.Adam([W_MD], lr=lr)
     for _ in range(steps):
         logits_MN = W_MD @ diff_ND.T
-        loss = F.binary_cross_entropy_with_logits(logits_MN, y_MN, reduction="none").mean(1).sum() + l2 * W_MD.pow(2).sum()
+        # y = 1: a ≻ b, the Bradley–Terry loss of logit l; y = 0: of −l (the same as BCE with logits)
+        signed_MN = torch.where(y_MN > 0, logits_MN, -logits_MN)
+        loss = bradley_terry_loss(signed_MN, torch.zeros_like(signed_MN))[0].mean(1).sum() + l2 * W_MD.pow(2).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -18,7 +18,7 @@ import torch
 from posttrain.losses.linear_ce import linear_log_probs
 from posttrain.models.kv_cache import kv_cache, with_cache
 from posttrain.losses.policy import apply_action_mask, entropy_from_logits
-from posttrain.train.lm_head import capture_final_hidden, chunkable_head, final_hidden_states
+from posttrain.models.lm_head import capture_final_hidden, chunkable_head, final_hidden_states
 
 __all__ = ["forward_inputs", "prompt_sharing", "distinct_prompts", "shared_prompt_cache", "continue_from_cache", "shared_prefix_logits",
            "completion_logits", "gather_logps", "completion_token_logps"]
@@ -142,7 +142,7 @@ def completion_token_logps(model, prompt_ids: list[list[int]], completion_ids: t
     """(log-probs (B, T) of each completion token, entropies (B, T) or None), both 0 outside
     ``mask_BT``, under ``softmax(logits / temperature)``.
 
-    ``chunked`` (and a plain linear head, ``train/lm_head.py``): the head runs only on the masked
+    ``chunked`` (and a plain linear head, ``models/lm_head.py``): the head runs only on the masked
     positions, a chunk at a time (``losses/linear_ce.linear_log_probs``), so no (B, T, V) logits
     exist; else the plain path (:func:`completion_logits`). Same values up to float rounding.
     ``action_mask_BTV`` (NLPO: the tokens allowed at each position) acts on the full logits, so it

@@ -1,4 +1,5 @@
-"""Preference pairs → tokens, shared by ``posttrain dpo`` and ``posttrain reward``.
+"""Preference pairs → tokens, shared by ``posttrain dpo`` and ``posttrain reward`` (their options
+and held-out evaluation: ``train/preference.py``).
 
 Data type: preference rows (``prompt`` + ``chosen`` + ``rejected``, strings or message lists,
 explicit or implicit prompt; optional ``margin`` and ``subset`` columns), normalised by
@@ -31,34 +32,13 @@ rows B..2B-1 — as ``input_ids_2BT``, ``attention_mask_2BT`` (right padding), `
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from posttrain.config import TrainingOptions, opt
 from posttrain.data.formats import DataError, row_location, validate_preference_row
 from posttrain.data.tokenize import IGNORE_INDEX, encode_prompt
 from posttrain.data.templates import TemplateError
-
-
-@dataclasses.dataclass
-class PreferenceOptions(TrainingOptions):
-    """Data options shared by the preference trainers (``dpo``, ``reward``)."""
-
-    data: list[Any] = opt(["builtin:arithmetic_preference", "builtin:ifeval_preference"],
-                          "training sources: a list of specs or {source, fraction|count, split} entries", "Data")
-    eval_data: list[Any] = opt([{"source": "builtin:arithmetic_preference:test", "count": 100},
-                                {"source": "builtin:ifeval_preference:test", "count": 50}],
-                               "held-out pairs: preference accuracy ([] = none)", "Data")
-    max_length: int = opt(512, "tokens per prompt + response; responses are cut from the right", "Data")
-    max_prompt_length: int = opt(256, "prompt tokens kept (from the end of the prompt)", "Data")
-    skip_invalid_rows: bool = opt(False, "skip and count invalid rows (chosen == rejected, empty response, "
-                                  "missing prompt, …) instead of stopping with an error naming the row", "Data")
-    share_prompts: bool = opt(True, "run each pair's prompt once; chosen and rejected continue from its KV cache "
-                              "(same values up to float rounding, less compute; decoder models). Off with "
-                              "several processes", "Model")
 
 
 @dataclass
@@ -212,7 +192,7 @@ class PairBatches:
         return len(self.examples)
 
     def _shared_layout(self, pairs: list[dict]) -> dict:
-        """The same rows as (prompt, response) for a shared-prompt forward (``train/layout.py``):
+        """The same rows as (prompt, response) for a shared-prompt forward (``models/layout.py``):
         each pair's prompt once, the 2B responses (chosen, then rejected) right-padded."""
         responses = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
         lengths = torch.tensor([len(r) for r in responses])
@@ -263,24 +243,6 @@ def length_ordered_batches(batches: PairBatches, batch_size: int) -> list[list[i
     lengths = pair_lengths(batches.examples)
     order = sorted(range(len(batches)), key=lambda i: lengths[i])
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-
-
-@torch.no_grad()
-def evaluate_pairs(model, batches: PairBatches, step, batch_size: int) -> dict:
-    """Held-out metrics of a pair ``step`` (loss = numerator / pairs, every metric weighted by pairs)."""
-    device = next(model.parameters()).device
-    totals: dict[str, float] = {}
-    n = 0
-    for indices in length_ordered_batches(batches, batch_size):  # weighted means: order-free
-        batch = batches(indices)
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        numerator, metrics = step(model, batch)
-        k = batch["num_pairs"]
-        totals["loss"] = totals.get("loss", 0.0) + float(numerator)
-        for name, value in metrics.items():
-            totals[name] = totals.get(name, 0.0) + float(value) * k
-        n += k
-    return {name: value / max(n, 1) for name, value in totals.items()}
 
 
 def encode_sequence(tokenizer, prompt: list[dict], response: list[dict], max_length: int,

@@ -84,3 +84,19 @@ def final_hidden_states(model, decoder: torch.nn.Module, inputs: dict) -> torch.
     with capture_final_hidden(decoder) as captured:
         model(**inputs, use_cache=False, logits_to_keep=1)
     return captured["hidden"]
+
+
+def labelled_head_inputs(model, batch: dict, chunked: bool = True):
+    """What the head needs to score a labelled batch's trained tokens (``labels[:, 1:]`` not
+    ignored, each predicted from the position before it): ``(hidden_NH, head_weight_VH, target_N,
+    mask_BT)``, with N the trained tokens in row-major order — or None when the head must run
+    whole (``chunked`` off, or a head that is more than a matmul), and the caller takes the logits.
+    SFT feeds these to the fused weighted cross-entropy, DPO to the chunked log-probs."""
+    head = chunkable_head(model) if chunked else None
+    if head is None:
+        return None
+    decoder, weight = head
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100   # IGNORE_INDEX (losses/sft.py)
+    return final_hidden_states(model, decoder, inputs)[:, :-1][mask], weight, targets[mask], mask

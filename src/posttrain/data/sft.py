@@ -1,0 +1,38 @@
+"""``messages`` rows → tokenised, cached SFT examples, and their batches (packed padding-free or
+padded), as ``posttrain sft`` and the merging experiments train on them."""
+
+from __future__ import annotations
+
+from posttrain.data.cache import cached_tokenize
+from posttrain.data.formats import validate_rows
+from posttrain.data.packing import collate_packed, collate_padded, pack_sequences
+from posttrain.data.tokenize import encode_conversation
+
+
+def tokenize_sft(rows: list[dict], tokenizer, max_length: int, source: str) -> tuple[list[dict], int]:
+    """Validated, tokenised examples (cached); rows left with no trained token are dropped and counted."""
+    rows = validate_rows(rows, "sft", source)
+    settings = {"kind": "sft", "max_length": max_length}
+
+    def encode(rs):
+        return [encode_conversation(tokenizer, r["messages"], max_length=max_length) for r in rs]
+
+    examples, _hit = cached_tokenize([{"messages": r["messages"]} for r in rows], tokenizer, settings, encode)
+    kept = [e for e in examples if any(label != -100 for label in e["labels"][1:])]
+    return kept, len(examples) - len(kept)
+
+
+class SFTBatches:
+    """Units are packed rows (or single conversations when packing is off)."""
+
+    def __init__(self, examples: list[dict], pad_id: int, max_length: int, packing: bool):
+        self.examples, self.pad_id, self.max_length, self.packing = examples, pad_id, max_length, packing
+        self.rows = pack_sequences(examples, max_length) if packing else [[i] for i in range(len(examples))]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __call__(self, unit_indices: list[int]) -> dict:
+        if self.packing:
+            return collate_packed(self.examples, [self.rows[u] for u in unit_indices], self.pad_id)
+        return collate_padded([self.examples[self.rows[u][0]] for u in unit_indices], self.pad_id)
