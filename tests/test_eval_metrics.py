@@ -9,7 +9,9 @@ from posttrain.evaluation.metrics import (
     bootstrap_ci,
     mean_confidence_interval,
     mean_pass_at_k,
+    paired_sign_test,
     pass_at_k,
+    sign_test_p,
     wilson_interval,
 )
 
@@ -128,3 +130,40 @@ def test_ci_rejects_empty_and_bad_level():
         mean_confidence_interval([])
     with pytest.raises(ValueError):
         mean_confidence_interval([0.5, 0.6], level=1.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired comparisons: the exact sign test
+
+
+@pytest.mark.parametrize("wins, losses, expected", [
+    (8, 0, 2 / 256),                          # 2 · C(8,0) / 2^8
+    (13, 2, 2 * (1 + 15 + 105) / 2 ** 15),    # 2 · (C(15,0) + C(15,1) + C(15,2)) / 2^15 = 0.00739
+    (3, 3, 1.0),                              # 2 · 42 / 64 > 1: capped
+    (0, 0, 1.0),                              # nothing changed
+    (1, 4, 2 * (1 + 5) / 32),                 # symmetric in wins and losses: 0.375
+])
+def test_sign_test_hand_values(wins, losses, expected):
+    assert sign_test_p(wins, losses) == pytest.approx(expected, rel=1e-12)
+    assert sign_test_p(losses, wins) == pytest.approx(expected, rel=1e-12)
+
+
+def test_sign_test_matches_binomial_enumeration():
+    """Brute force: the probability of every split at least as far from n/2 as the one seen."""
+    for wins, losses in [(7, 2), (10, 1), (4, 5), (0, 6)]:
+        n = wins + losses
+        gap = abs(wins - losses)
+        brute = sum(math.comb(n, k) for k in range(n + 1) if abs(2 * k - n) >= gap) / 2 ** n
+        assert sign_test_p(wins, losses) == pytest.approx(min(1.0, brute), rel=1e-12)
+
+
+def test_paired_sign_test_counts_only_shared_items():
+    before = {"a": 0.0, "b": 1.0, "c": 0.0, "d": 0.5, "only_before": 1.0}
+    after = {"a": 1.0, "b": 0.0, "c": 1.0, "d": 0.5, "only_after": 0.0}
+    assert paired_sign_test(before, after) == {"n": 4, "wins": 2, "losses": 1, "ties": 1, "p": 1.0}
+
+
+def test_sign_test_rejects_negative_counts():
+    with pytest.raises(ValueError):
+        sign_test_p(-1, 3)
+

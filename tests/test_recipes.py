@@ -121,6 +121,23 @@ def tiny_recipe(model_dir: str) -> dict:
     }
 
 
+def test_paired_comparisons_join_stages_on_item_ids(tmp_path):
+    """Two stages' samples files, items in different orders: 3 items fixed, 1 broken, 1 unchanged
+    → wins 3, losses 1, ties 1, sign test p = 2 · (1 + 4) / 16 = 0.625."""
+    from posttrain.reports.recipe import paired_comparisons
+
+    def stage(name, scores):
+        path = tmp_path / name / "samples.jsonl"
+        path.parent.mkdir()
+        path.write_text("".join(json.dumps({"id": i, "results": [{"score": s}]}) + "\n" for i, s in scores.items()))
+        return {"tasks": {"arith_easy_builtin": {"samples_file": str(path)}}}
+
+    evals = {"base": stage("base", {"a": 0.0, "b": 0.0, "c": 0.0, "d": 1.0, "e": 1.0}),
+             "sft": stage("sft", {"e": 1.0, "d": 0.0, "c": 1.0, "b": 1.0, "a": 1.0})}
+    assert paired_comparisons(evals) == [{"task": "arith_easy_builtin", "metric": "accuracy", "before": "base",
+                                          "after": "sft", "n": 5, "wins": 3, "losses": 1, "ties": 1, "p": 0.625}]
+
+
 def test_tiny_recipe_runs_end_to_end_and_skips_finished_stages(tmp_path, tiny_model_dir, monkeypatch):
     recipe = tiny_recipe(tiny_model_dir)
     path = tmp_path / "tiny.yaml"
@@ -131,6 +148,11 @@ def test_tiny_recipe_runs_end_to_end_and_skips_finished_stages(tmp_path, tiny_mo
         assert stage in report
     assert (out / "rlvr" / "reward_report.md").exists() and (out / "eval_per_stage.png").exists()
     assert "## Decontamination" in report
+    paired = json.loads((out / "results.json").read_text())["paired"]
+    assert [(r["before"], r["after"]) for r in paired if r["task"] == paired[0]["task"]] == \
+        [("base", "sft"), ("sft", "dpo"), ("dpo", "rlvr")]
+    assert all(r["wins"] + r["losses"] + r["ties"] == r["n"] > 0 for r in paired)
+    assert "## Paired comparisons" in report
 
     # A second run redoes nothing: no trainer is called.
     from posttrain.train import sft as sft_mod

@@ -9,6 +9,8 @@ Pure functions on numbers; no I/O.
 - `mean_confidence_interval(values, level)`: mean and a two-sided interval. 0/1 values get the
   Wilson score interval; anything else gets the normal approximation mean ± z·s/√n.
 - `bootstrap_ci(values, statistic, level)`: percentile bootstrap for any statistic.
+- `paired_sign_test(before, after)`: wins, losses, ties and the exact two-sided sign test of two
+  runs on the same items (McNemar's exact test when the scores are 0/1).
 
 Example: 5 samples of one problem, 2 correct: `pass_at_k(5, 2, 1) == 0.4`,
 `pass_at_k(5, 2, 2) == 1 - C(3, 2) / C(5, 2) == 0.7`.
@@ -21,7 +23,8 @@ import random
 from collections.abc import Callable, Sequence
 from statistics import NormalDist
 
-__all__ = ["pass_at_k", "mean_pass_at_k", "mean_confidence_interval", "wilson_interval", "bootstrap_ci"]
+__all__ = ["pass_at_k", "mean_pass_at_k", "mean_confidence_interval", "wilson_interval", "bootstrap_ci",
+           "sign_test_p", "paired_sign_test"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -122,3 +125,31 @@ def bootstrap_ci(
     lo_i = int(math.floor((1 - level) / 2 * (n_resamples - 1)))
     hi_i = int(math.ceil((1 + level) / 2 * (n_resamples - 1)))
     return stat(values), draws[lo_i], draws[hi_i]
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Exact two-sided sign test: the probability, with n = wins + losses items that changed and
+    each change equally likely either way, of a split at least as uneven as the one seen,
+
+        p = min(1, 2 · Σ_{i ≤ min(wins, losses)} C(n, i) / 2ⁿ),
+
+    and 1.0 when nothing changed. On 0/1 scores the changed items are McNemar's discordant pairs,
+    so this is McNemar's exact test (McNemar 1947; the binomial form, no continuity correction).
+    Example: 8 wins, 0 losses → 2/256 = 0.0078."""
+    if wins < 0 or losses < 0:
+        raise ValueError(f"sign test needs counts >= 0; got wins={wins}, losses={losses}")
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
+    return min(1.0, 2.0 * tail / 2 ** n)
+
+
+def paired_sign_test(before: dict, after: dict) -> dict:
+    """Compare two runs' per-item scores (``{item id: score}``) on the items both scored: ``n``
+    paired items, ``wins`` (after > before), ``losses``, ``ties`` and the sign test's ``p``."""
+    common = [k for k in before if k in after]
+    wins = sum(after[k] > before[k] for k in common)
+    losses = sum(after[k] < before[k] for k in common)
+    return {"n": len(common), "wins": wins, "losses": losses, "ties": len(common) - wins - losses,
+            "p": sign_test_p(wins, losses)}

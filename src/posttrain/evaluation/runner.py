@@ -84,41 +84,45 @@ def _share(metric: str, hits: list[bool]) -> dict:
     return {"metric": metric, "value": sum(hits) / len(hits), "n": len(hits), "low": low, "high": high}
 
 
-def aggregate(task: Task, records: list[dict]) -> list[dict]:
-    """Metric rows of a task (the first is the headline number).
+def item_values(task: Task, records: list[dict]) -> dict[str, list[float]]:
+    """Each per-item metric of a task → one value per record, in record order (what a paired
+    comparison of two runs on the same items compares; ``aggregate`` averages them).
 
-    - ``accuracy``: per sample the mean score of its completions; mean over samples.
-    - ``ifeval``: IFEval's four numbers: prompt-level (every instruction followed) and
-      instruction-level (share of all instructions), strict and loose. The instruction-level
-      interval treats instructions as independent (they are not quite: a prompt holds 1-3).
-    - ``pass_at_k``: unbiased pass@k (Chen et al. 2021, eq. 1) per problem with c = completions
-      scoring 1.0, for every k <= n; mean over problems.
-    - ``winrate``: win 1, tie 0.5, loss 0, mean over samples.
-    - ``rm_accuracy`` / ``loglik``: share of correct samples.
+    - ``accuracy``: the mean score of the sample's completions (``rm_accuracy`` / ``loglik``: 1.0
+      for a correct sample).
+    - ``ifeval``: prompt-level strict and loose (1.0 when every instruction is followed).
+    - ``pass_at_k``: unbiased pass@k (Chen et al. 2021, eq. 1) with c = completions scoring 1.0,
+      for every k <= n.
+    - ``winrate``: win 1, tie 0.5, loss 0.
     """
-    if not records:
-        return []
     if task.kind in ("rm_accuracy", "loglik"):
-        return [_share("accuracy", [bool(r["correct"]) for r in records])]
+        return {"accuracy": [float(bool(r["correct"])) for r in records]}
     if task.metric == "winrate":
-        return [_row("win_rate", [r["win"] for r in records])]
+        return {"win_rate": [r["win"] for r in records]}
     if task.metric == "ifeval":
         first = [r["results"][0] for r in records]
-        strict = [x.get("strict", [False]) for x in first]
-        loose = [x.get("loose", [False]) for x in first]
-        return [_share("prompt_level_strict", [all(s) for s in strict]),
-                _share("inst_level_strict", [b for s in strict for b in s]),
-                _share("prompt_level_loose", [all(s) for s in loose]),
-                _share("inst_level_loose", [b for s in loose for b in s])]
+        return {f"prompt_level_{kind}": [float(all(x.get(kind, [False]))) for x in first] for kind in ("strict", "loose")}
     if task.metric == "pass_at_k":
-        rows = []
         n = min(len(r["results"]) for r in records)
-        for k in sorted(set(task.ks) | {1}):
-            if k <= n:
-                counts = [(len(r["results"]), sum(x["score"] == 1.0 for x in r["results"])) for r in records]
-                rows.append(_row(f"pass@{k}", [pass_at_k(nn, c, k) for nn, c in counts]))
-        return rows
-    return [_row("accuracy", [sum(x["score"] for x in r["results"]) / len(r["results"]) for r in records])]
+        counts = [(len(r["results"]), sum(x["score"] == 1.0 for x in r["results"])) for r in records]
+        return {f"pass@{k}": [pass_at_k(nn, c, k) for nn, c in counts] for k in sorted(set(task.ks) | {1}) if k <= n}
+    return {"accuracy": [sum(x["score"] for x in r["results"]) / len(r["results"]) for r in records]}
+
+
+def aggregate(task: Task, records: list[dict]) -> list[dict]:
+    """Metric rows of a task (the first is the headline number): the mean of each of
+    :func:`item_values` with its 95% interval (Wilson for 0/1 values), and for ``ifeval`` also
+    IFEval's instruction-level numbers (share of all instructions; the interval treats them as
+    independent, which they are not quite: a prompt holds 1-3)."""
+    if not records:
+        return []
+    rows = [_row(metric, values) for metric, values in item_values(task, records).items()]
+    if task.metric == "ifeval":
+        first = [r["results"][0] for r in records]
+        strict, loose = rows
+        rows = [strict, _share("inst_level_strict", [b for x in first for b in x.get("strict", [False])]),
+                loose, _share("inst_level_loose", [b for x in first for b in x.get("loose", [False])])]
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------

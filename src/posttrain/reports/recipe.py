@@ -1,4 +1,5 @@
-"""The run report of a recipe: evaluation table per stage (value, 95% interval, n), plots of each
+"""The run report of a recipe: evaluation table per stage (value, 95% interval, n), paired
+comparisons of consecutive stages on the same items (wins, losses, sign test), plots of each
 stage's training curves and of the evaluations per stage, and the decontamination summary."""
 
 from __future__ import annotations
@@ -6,7 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from posttrain.evaluation.metrics import paired_sign_test
 from posttrain.reports.training import plot_curves, read_metrics
+from posttrain.train.rl.algorithms import ALGORITHMS
 
 STAGE_CURVES = {
     "sft": [("loss", "training loss"), ("token_nll", "per-token NLL")],
@@ -38,6 +41,38 @@ def eval_table(evals: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
                         else (f"{r['value']:.3f}" if r else "—"))
         body.append(line)
     return header, body
+
+
+def _item_scores(task_result: dict, task_name: str) -> tuple[str, dict] | None:
+    """(headline metric, {item id: value}) of one task of one stage, read from its samples file."""
+    from posttrain.evaluation.runner import item_values
+    from posttrain.evaluation.tasks import TASKS
+
+    path = Path(task_result.get("samples_file", ""))
+    if task_name not in TASKS or not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not records:
+        return None
+    metric, values = next(iter(item_values(TASKS[task_name], records).items()))
+    return metric, {r["id"]: v for r, v in zip(records, values)}
+
+
+def paired_comparisons(evals: dict[str, dict]) -> list[dict]:
+    """Each task, each pair of consecutive stages: the same items before and after, compared on
+    the task's headline metric — wins, losses, ties and the exact sign test (McNemar's on 0/1
+    scores). An interval per stage can overlap while the paired test is clear, and the other way."""
+    stages = list(evals)
+    rows = []
+    for before, after in zip(stages, stages[1:]):
+        for task, result in evals[after].get("tasks", {}).items():
+            a = _item_scores(evals[before].get("tasks", {}).get(task, {}), task)
+            b = _item_scores(result, task)
+            if a is None or b is None:
+                continue
+            rows.append({"task": task, "metric": a[0], "before": before, "after": after,
+                         **paired_sign_test(a[1], b[1])})
+    return rows
 
 
 def plot_eval_bars(evals: dict[str, dict], out_png: Path) -> bool:
@@ -85,11 +120,19 @@ def write_recipe_report(out: Path, recipe: dict, evals: dict[str, dict], contami
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     lines += ["", "Values are means with 95% intervals (Wilson for 0/1 scores); n = samples per task.", ""]
+    paired = paired_comparisons(evals)
+    if paired:
+        lines += ["## Paired comparisons", "", "Each stage against the one before, on the same items: wins (better after), "
+                  "losses, ties, and the exact two-sided sign test (McNemar's test on 0/1 scores).", "",
+                  "| task | metric | stages | n | wins | losses | ties | p |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['task']} | {r['metric']} | {r['before']} → {r['after']} | {r['n']} | {r['wins']} | "
+                  f"{r['losses']} | {r['ties']} | {r['p']:.3g}{' *' if r['p'] < 0.05 else ''} |" for r in paired]
+        lines += ["", "\\* p < 0.05.", ""]
     if plot_eval_bars(evals, out / "eval_per_stage.png"):
         lines += ["![evaluation per stage](eval_per_stage.png)", ""]
     lines += ["## Training curves", ""]
     for stage in recipe["stages"]:
-        kind = "rl" if stage["command"] in ("grpo", "rloo", "ppo", "nlpo") else stage["command"]
+        kind = "rl" if stage["command"] in ALGORITHMS else stage["command"]
         stage_dir = out / stage["name"]
         png = out / f"curves_{stage['name']}.png"
         if plot_curves(read_metrics(stage_dir), png, STAGE_CURVES.get(kind, [])):
@@ -106,5 +149,6 @@ def write_recipe_report(out: Path, recipe: dict, evals: dict[str, dict], contami
                      f"({s['contaminated_rate']:.1%}) | {s['eval_examples_hit']}/{s['eval_examples']} |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps({k: v.get("rows", []) for k, v in evals.items()}, indent=1))
+    (out / "results.json").write_text(json.dumps({**{k: v.get("rows", []) for k, v in evals.items()},
+                                                  "paired": paired}, indent=1))
     return path
