@@ -144,7 +144,7 @@ def test_bf16_dpo_step_matches_fp32(gpu_tokenizer, share):
     from posttrain.config import load_config
     from posttrain.data import load_source
     from posttrain.train.dpo import DPOConfig, dpo_step, frozen_copy_reference
-    from posttrain.train.preference_data import PairBatches, tokenize_pairs
+    from posttrain.data.preference import PairBatches, tokenize_pairs
 
     rows = load_source("builtin:arithmetic_preference", n=8, seed=0)
     examples, _ = tokenize_pairs(rows, gpu_tokenizer, 256, 128, "test")
@@ -172,7 +172,7 @@ def test_bf16_grpo_loss_matches_fp32(gpu_tokenizer, chunked):
     groups of 4 sharing their prompt."""
     from posttrain.losses.advantages import group_advantages
     from posttrain.losses.policy import clipped_policy_loss
-    from posttrain.train.layout import completion_token_logps
+    from posttrain.models.layout import completion_token_logps
 
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(1000, 20000, (n,), generator=g).tolist() for n in (30, 17, 45, 24)]

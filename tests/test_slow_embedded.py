@@ -21,7 +21,8 @@ def test_twenty_step_sft_lowers_heldout_loss(tmp_path):
         "data=[{source: 'builtin:arithmetic_sft', count: 400}]",
         "eval_data=[{source: 'builtin:arithmetic_sft:test', count: 48}]"])
     from posttrain.models import load_model, load_tokenizer
-    from posttrain.train.sft import SFTBatches, heldout_loss, tokenize_sft
+    from posttrain.data.sft import SFTBatches, tokenize_sft
+    from posttrain.train.sft import heldout_loss
     from posttrain.data import mix_sources
 
     tokenizer = load_tokenizer(config.model)

@@ -104,15 +104,15 @@ from posttrain.pluralistic.evaluation import (
 )
 from posttrain.pluralistic.model import (
     ACQUISITIONS, POOLINGS, REWARD_HEADS, BTRewardModel, VPLRewardModel, bald_score, binary_entropy,
-    bradley_terry_nll, expected_likelihood_reward, gaussian_kl_to_standard, mlp, preference_probs, sample_z,
+    expected_likelihood_reward, mlp, preference_probs, sample_z,
     select_query, variance_score,
 )
 from posttrain.pluralistic.training import TrainConfig, train_bt, train_vpl
 
 __all__ = [
     "ACQUISITIONS", "LENGTH_FEATURE_COPIES", "POOLINGS", "REWARD_HEADS", "BTRewardModel", "TrainConfig", "UserSet",
-    "VPLRewardModel", "active_learning_curve", "bald_score", "binary_entropy", "bradley_terry_nll", "build_parser",
-    "embed_rows", "evaluate_heldout", "expected_likelihood_reward", "gaussian_kl_to_standard", "group_users",
+    "VPLRewardModel", "active_learning_curve", "bald_score", "binary_entropy", "build_parser",
+    "embed_rows", "evaluate_heldout", "expected_likelihood_reward", "group_users",
     "load_vpl", "main", "majority_flipped", "mlp", "pair_text", "preference_probs", "queries_to_reach",
     "response_length_feature", "sample_z", "save_model", "select_query", "stratified_context", "train_bt",
     "train_vpl", "variance_score", "vpl_user_accuracy",

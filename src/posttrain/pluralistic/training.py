@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.pluralistic.data import UserSet
-from posttrain.pluralistic.model import BTRewardModel, VPLRewardModel, bradley_terry_nll, gaussian_kl_to_standard
+from posttrain.losses.kl import gaussian_kl_to_standard
+from posttrain.losses.preference import bradley_terry_loss
+from posttrain.pluralistic.model import BTRewardModel, VPLRewardModel
 
 
 @dataclass
@@ -90,7 +92,7 @@ def _train_vpl_once(users: UserSet, cfg: TrainConfig, seed: int) -> tuple[VPLRew
             z_BZ = mu_BZ + (0.5 * logvar_BZ).exp() * torch.randn(mu_BZ.shape, generator=g)
             rank_BN = order_BN.argsort(1)  # position of each comparison in the random order
             target_BN = valid_BN & (rank_BN >= k_B[:, None])
-            nll_BN = bradley_terry_nll(model.reward(c_BND, z_BZ[:, None]), model.reward(r_BND, z_BZ[:, None]))
+            nll_BN, _ = bradley_terry_loss(model.reward(c_BND, z_BZ[:, None]), model.reward(r_BND, z_BZ[:, None]))
             nll_B = (nll_BN * target_BN).sum(1) / target_BN.sum(1).clamp(min=1)
             loss = (nll_B + beta * gaussian_kl_to_standard(mu_BZ, logvar_BZ)).mean()
             opt.zero_grad()
@@ -114,7 +116,7 @@ def train_bt(chosen_ND: torch.Tensor, rejected_ND: torch.Tensor, cfg: TrainConfi
         total = 0.0
         for start in range(0, n, bs):
             i = perm[start : start + bs]
-            loss = bradley_terry_nll(model.reward(chosen_ND[i]), model.reward(rejected_ND[i])).mean()
+            loss = bradley_terry_loss(model.reward(chosen_ND[i]), model.reward(rejected_ND[i]))[0].mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

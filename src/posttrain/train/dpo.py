@@ -11,7 +11,7 @@ The trainer asks ``loss_spec(loss_type)`` whether a reference model is needed an
 per-token MEAN log-probs (``dpo_norm``, ``simpo``) instead of summed ones.
 
 Data type: preference rows (``prompt`` + ``chosen`` + ``rejected``), tokenised by
-``train/preference_data.py``: the prompt is tokenised once and shared by chosen and rejected;
+``data/preference.py``: the prompt is tokenised once and shared by chosen and rejected;
 chosen and rejected run in one concatenated forward (2B right-padded rows).
 
 Reference (``reference=``):
@@ -43,7 +43,7 @@ from typing import Callable
 import torch
 
 from posttrain.config import ConfigError, opt
-from posttrain.train.preference_data import PreferenceOptions
+from posttrain.train.preference import PreferenceOptions
 from posttrain.losses.preference import LOSS_ALIASES, LOSS_SPECS, PREFERENCE_LOSSES, dpo_loss, loss_spec, \
     wpo_weights
 
@@ -116,13 +116,13 @@ def completion_logps(model, batch: dict, chunked: bool = True) -> tuple[torch.Te
     """(sums_2B, counts_2B): summed log-probs of each row's response tokens and their number.
 
     ``batch["share_prompts"]`` (``DPOConfig.share_prompts``): each pair's prompt runs once and both
-    responses continue from its KV cache (``train/layout.py``); the prompt's own logits are never
+    responses continue from its KV cache (``models/layout.py``); the prompt's own logits are never
     computed. ``chunked`` (``DPOConfig.chunked_loss``): the LM head runs only on response tokens, a
     chunk at a time (``losses/linear_ce.linear_log_probs``). Same values up to rounding either way."""
     from posttrain.losses.linear_ce import linear_log_probs
-    from posttrain.losses.sft import IGNORE_INDEX, token_nll
-    from posttrain.train.layout import completion_token_logps
-    from posttrain.train.lm_head import chunkable_head, final_hidden_states
+    from posttrain.losses.sft import token_nll
+    from posttrain.models.layout import completion_token_logps
+    from posttrain.models.lm_head import labelled_head_inputs
 
     if batch.get("share_prompts"):
         responses, mask = batch["response_ids"], batch["response_mask"]
@@ -130,15 +130,13 @@ def completion_logps(model, batch: dict, chunked: bool = True) -> tuple[torch.Te
         logps, _ = completion_token_logps(model, prompts, responses, batch["pad_id"], mask, share_prompts=True,
                                           chunked=chunked)
         return logps.sum(-1), mask.sum(-1)
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    head = chunkable_head(model) if chunked else None
+    head = labelled_head_inputs(model, batch, chunked)
     if head is None:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         nll_2BT, mask_2BT = token_nll(model(**inputs, use_cache=False).logits, batch["labels"])
         return -nll_2BT.sum(-1), mask_2BT.sum(-1)
-    decoder, weight = head
-    targets = batch["labels"][:, 1:]
-    mask = targets != IGNORE_INDEX
-    logp_N, _ = linear_log_probs(final_hidden_states(model, decoder, inputs)[:, :-1][mask], weight, targets[mask])
+    hidden_NH, head_weight, target_N, mask = head
+    logp_N, _ = linear_log_probs(hidden_NH, head_weight, target_N)
     row_N = mask.nonzero()[:, 0]
     sums = torch.zeros(mask.shape[0], dtype=logp_N.dtype, device=logp_N.device).index_add(0, row_N, logp_N)
     return sums, mask.sum(-1)
@@ -147,7 +145,7 @@ def completion_logps(model, batch: dict, chunked: bool = True) -> tuple[torch.Te
 @torch.no_grad()
 def compute_reference_logps(model, batches, batch_size: int, device, chunked: bool = True) -> torch.Tensor:
     """(N, 2) summed reference log-probs [chosen, rejected] of every pair: one no-grad pass."""
-    from posttrain.train.preference_data import length_ordered_batches
+    from posttrain.data.preference import length_ordered_batches
 
     was_training = model.training
     model.eval()
@@ -275,8 +273,9 @@ def run_dpo(config: DPOConfig, command: str = "posttrain dpo") -> dict:
     from posttrain.data import mix_sources
     from posttrain.train.common import load_policy, log, prepare_run
     from posttrain.train.engine import Engine
-    from posttrain.train.layout import prompt_sharing
-    from posttrain.train.preference_data import PairBatches, evaluate_pairs, pair_count, pair_lengths, tokenize_pairs
+    from posttrain.models.layout import prompt_sharing
+    from posttrain.data.preference import PairBatches, pair_count, pair_lengths, tokenize_pairs
+    from posttrain.train.preference import evaluate_pairs
 
     # --- run folder, policy, tokenizer
     run_dir = prepare_run(config, command)

@@ -15,7 +15,7 @@ on an encoder (``model=minilm``: all-MiniLM-L6-v2, lr ~5e-5) it is the [CLS] poo
 rendered as ``"prompt\\n\\nresponse"`` because an encoder has no chat template. Chosen and rejected
 run in one concatenated forward (2B rows).
 
-Data type: preference rows, as ``posttrain dpo`` (``train/preference_data.py``). Score and
+Data type: preference rows, as ``posttrain dpo`` (``data/preference.py``). Score and
 evaluate the saved model with ``posttrain.rewards.reward_model`` (``RewardModelScorer``,
 ``pairwise_accuracy``, ``reward_model`` for RL).
 
@@ -33,7 +33,7 @@ import dataclasses
 import torch
 
 from posttrain.config import ConfigError, opt
-from posttrain.train.preference_data import PreferenceOptions
+from posttrain.train.preference import PreferenceOptions
 from posttrain.losses.preference import bradley_terry_loss
 
 
@@ -127,8 +127,9 @@ def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
     from posttrain.rewards.reward_model import freeze_lower_layers, load_reward_model
     from posttrain.train.common import log, prepare_run
     from posttrain.train.engine import Engine
-    from posttrain.train.layout import prompt_sharing
-    from posttrain.train.preference_data import PairBatches, evaluate_pairs, pair_count, pair_lengths, tokenize_pairs
+    from posttrain.models.layout import prompt_sharing
+    from posttrain.data.preference import PairBatches, pair_count, pair_lengths, tokenize_pairs
+    from posttrain.train.preference import evaluate_pairs
 
     # --- run folder, reward model (one-label classifier, distinct pad token), tokenizer
     run_dir = prepare_run(config, command)

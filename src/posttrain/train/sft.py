@@ -14,59 +14,27 @@ from __future__ import annotations
 import torch
 
 from posttrain.config import SFTConfig
-from posttrain.data import DataError, collate_packed, collate_padded, encode_conversation, mix_sources, pack_sequences, \
-    validate_rows
-from posttrain.data.cache import cached_tokenize
+from posttrain.data import DataError, mix_sources
+from posttrain.data.sft import SFTBatches, tokenize_sft
 from posttrain.data.packing import sequence_ids
 from posttrain.losses.linear_ce import linear_cross_entropy
 from posttrain.losses.sft import IGNORE_INDEX, sft_normalizer, sft_token_weights, token_nll
 from posttrain.train.common import load_policy, log, prepare_run
 from posttrain.train.engine import Engine
-from posttrain.train.lm_head import chunkable_head, final_hidden_states
-
-
-def tokenize_sft(rows: list[dict], tokenizer, max_length: int, source: str) -> tuple[list[dict], int]:
-    """Validated, tokenised examples (cached); rows left with no trained token are dropped and counted."""
-    rows = validate_rows(rows, "sft", source)
-    settings = {"kind": "sft", "max_length": max_length}
-
-    def encode(rs):
-        return [encode_conversation(tokenizer, r["messages"], max_length=max_length) for r in rs]
-
-    examples, _hit = cached_tokenize([{"messages": r["messages"]} for r in rows], tokenizer, settings, encode)
-    kept = [e for e in examples if any(label != -100 for label in e["labels"][1:])]
-    return kept, len(examples) - len(kept)
-
-
-class SFTBatches:
-    """Units are packed rows (or single conversations when packing is off)."""
-
-    def __init__(self, examples: list[dict], pad_id: int, max_length: int, packing: bool):
-        self.examples, self.pad_id, self.max_length, self.packing = examples, pad_id, max_length, packing
-        self.rows = pack_sequences(examples, max_length) if packing else [[i] for i in range(len(examples))]
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __call__(self, unit_indices: list[int]) -> dict:
-        if self.packing:
-            return collate_packed(self.examples, [self.rows[u] for u in unit_indices], self.pad_id)
-        return collate_padded([self.examples[self.rows[u][0]] for u in unit_indices], self.pad_id)
+from posttrain.models.lm_head import labelled_head_inputs
 
 
 def weighted_token_nll(model, batch: dict, weights_BT: torch.Tensor, chunked: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ weight · NLL over the batch's trained tokens, their NLLs). With ``chunked`` (and a plain
     linear head) the head runs only on trained positions, in chunks (``losses/linear_ce.py``); else
     on the full logits."""
-    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
     labels = batch["labels"]
-    mask = labels[:, 1:] != IGNORE_INDEX
-    head = chunkable_head(model) if chunked else None
+    head = labelled_head_inputs(model, batch, chunked)
     if head is not None:
-        decoder, head_weight = head
-        hidden = final_hidden_states(model, decoder, inputs)[:, :-1]
-        return linear_cross_entropy(hidden[mask], head_weight, labels[:, 1:][mask], weights_BT[mask])
-    nll, _ = token_nll(model(**inputs, use_cache=False).logits, labels)
+        hidden_NH, head_weight, target_N, mask = head
+        return linear_cross_entropy(hidden_NH, head_weight, target_N, weights_BT[mask])
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    nll, mask = token_nll(model(**inputs, use_cache=False).logits, labels)
     return (nll * weights_BT).sum(), nll[mask]
 
 

@@ -29,7 +29,7 @@ import torch
 
 from posttrain.losses.policy import apply_action_mask, nlpo_topp_mask
 from posttrain.models.kv_cache import kv_cache, with_cache
-from posttrain.train.layout import completion_logits, distinct_prompts, forward_inputs, gather_logps, \
+from posttrain.models.layout import completion_logits, distinct_prompts, forward_inputs, gather_logps, \
     shared_prompt_cache
 
 __all__ = ["Rollout", "RolloutBackend", "HFRollout", "VLLMRollout", "TopPActionMask", "make_backend",

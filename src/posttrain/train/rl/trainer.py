@@ -59,7 +59,7 @@ from posttrain.rewards.compose import build_reward
 from posttrain.train.common import load_policy, log, prepare_run
 from accelerate.utils import gather_object
 from posttrain.train.engine import Engine, TrainingError
-from posttrain.train.layout import completion_token_logps, prompt_sharing
+from posttrain.models.layout import completion_token_logps, prompt_sharing
 from posttrain.train.rl.algorithms import ALGORITHMS, ValueModel
 from posttrain.train.rl.config import RLConfig
 from posttrain.train.rl.rollout import Rollout, TopPActionMask, completion_logits, forward_inputs, make_backend
