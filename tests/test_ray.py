@@ -16,8 +16,9 @@ ray = pytest.importorskip("ray")
 
 from posttrain.models import load_model  # noqa: E402
 from posttrain.train.engine import TrainingError  # noqa: E402
-from posttrain.train.rl.ray_rollout import RayRollout, check_placement, concat_rollouts, policy_state_dict, \
-    run_on_ray, split_prompts, tied_names  # noqa: E402
+from posttrain.train.rl.ray_rollout import RayRollout, check_placement, concat_rollouts, run_on_ray, \
+    split_prompts  # noqa: E402
+from posttrain.train.rl.rollout import merged_weights, tied_names  # noqa: E402
 from posttrain.train.rl.rollout import HFRollout  # noqa: E402
 
 SAMPLING = dict(n=3, max_new_tokens=6, temperature=0.9, top_k=50)
@@ -99,7 +100,7 @@ def test_check_placement_refuses_what_never_fits():
         check_placement(nodes, {"CPU": 1, "GPU": 1}, 1, "SPREAD")
 
 
-def test_policy_state_dict_unwraps_and_merges_lora(local_model):
+def test_merged_weights_unwrap_and_merge_lora(local_model):
     from posttrain.models import apply_lora
 
     class Wrapper(torch.nn.Module):  # what DDP / accelerate put around the model
@@ -112,11 +113,14 @@ def test_policy_state_dict_unwraps_and_merges_lora(local_model):
         for name, p in peft.named_parameters():
             if "lora_B" in name:
                 p.fill_(0.01)
-    state = policy_state_dict(Wrapper(peft))
+    state = merged_weights(Wrapper(peft), tied_copies=False, device="cpu")   # what Ray workers get
     assert tied_names(local_model) == {"lm_head.weight"}    # sent once, as the input embedding
     assert state.keys() == local_model.state_dict().keys() - {"lm_head.weight"}
     merged = copy.deepcopy(peft).merge_and_unload().state_dict()
     assert all(torch.equal(state[k], merged[k]) for k in state)
+    every = merged_weights(Wrapper(peft))                   # what vLLM gets: tied copies by name too
+    assert every.keys() == local_model.state_dict().keys()
+    assert torch.equal(every["lm_head.weight"], every["model.embed_tokens.weight"])
     assert not torch.equal(state["model.layers.0.self_attn.q_proj.weight"],
                            local_model.state_dict()["model.layers.0.self_attn.q_proj.weight"])
 

@@ -37,7 +37,6 @@ bucketing are not done here.
 
 from __future__ import annotations
 
-import copy
 import functools
 import os
 import sys
@@ -48,10 +47,10 @@ from typing import Any, Callable
 import torch
 
 from posttrain.train.engine import TrainingError
-from posttrain.train.rl.rollout import Rollout
+from posttrain.train.rl.rollout import Rollout, merged_weights, tied_names
 
 __all__ = ["RolloutWorker", "rollout_worker_actor", "RayRollout", "RolloutHandle", "run_on_ray", "connect",
-           "policy_state_dict", "tied_names", "split_prompts", "concat_rollouts"]
+           "split_prompts", "concat_rollouts"]
 
 STRATEGIES = ("SPREAD", "STRICT_SPREAD", "PACK", "STRICT_PACK")
 # Forwarded to every Ray worker process when connect() starts or joins a cluster.
@@ -145,31 +144,6 @@ class _Runner:
 # Weights, prompts, rollouts
 
 
-def policy_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The full weights a rollout worker loads: the bare model (``.module`` of DDP/accelerate
-    wrappers), LoRA adapters merged into a copy (the names are then the base model's), every
-    tensor detached on the CPU. A tied parameter is sent once, under its first name (the input
-    embedding, not ``lm_head.weight``): the receiving model ties it again."""
-    model = getattr(model, "module", model)
-    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
-        model = copy.deepcopy(model).merge_and_unload()
-    state, seen = {}, set()
-    for name, value in model.state_dict(keep_vars=True).items():
-        if id(value) not in seen:
-            seen.add(id(value))
-            state[name] = value.detach().to("cpu")
-    return state
-
-
-def tied_names(model: torch.nn.Module) -> set[str]:
-    """State-dict names whose tensor is an earlier name's (tied weights), which
-    ``policy_state_dict`` leaves out."""
-    seen, tied = set(), set()
-    for name, value in model.state_dict(keep_vars=True).items():
-        (tied.add(name) if id(value) in seen else seen.add(id(value)))
-    return tied
-
-
 def split_prompts(count: int, parts: int) -> list[tuple[int, int]]:
     """``(start, stop)`` of ``parts`` contiguous chunks of ``count`` prompts, sizes differing by at
     most one, larger ones first; empty chunks are left out."""
@@ -249,7 +223,7 @@ class RolloutWorker:
 
     @torch.no_grad()
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
-        """Copy ``state_dict`` (every tensor of the model: ``policy_state_dict``) into the
+        """Copy ``state_dict`` (``rollout.merged_weights(policy, tied_copies=False)``) into the
         worker's model, hand the model to the backend, and record ``version``. (An object-store
         reference passed to an actor call arrives here as the dict itself.)"""
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
@@ -360,11 +334,12 @@ class RayRollout:
         return rollout
 
     def update_weights(self, model: torch.nn.Module, version: int | None = None) -> int:
-        """Queue ``model``'s weights (``policy_state_dict``: one copy in the object store) on every
-        worker and return the new policy version (``version``, or the last one + 1). Returns at
-        once: a generation in flight finishes on the old weights, later ones use the new."""
+        """Queue ``model``'s weights (``rollout.merged_weights``: LoRA merged, tied tensors once,
+        on the CPU; one copy in the object store) on every worker and return the new policy
+        version (``version``, or the last one + 1). Returns at once: a generation in flight
+        finishes on the old weights, later ones use the new."""
         ray = _ray()
-        ref = ray.put(policy_state_dict(model))
+        ref = ray.put(merged_weights(model, tied_copies=False, device="cpu"))
         self.version = self.version + 1 if version is None else version
         self._pending_loads += [w.load_weights.remote(ref, self.version) for w in self.workers]
         return self.version

