@@ -16,7 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from posttrain.config import ConfigError, load_config  # noqa: E402
-from posttrain.train.rl.config import GRPOConfig, NLPOConfig, PPOConfig, RLOOConfig  # noqa: E402
+from posttrain.train.rl.algorithms.grpo import GRPOConfig  # noqa: E402
+from posttrain.train.rl.algorithms.nlpo import NLPOConfig  # noqa: E402
+from posttrain.train.rl.algorithms.ppo import PPOConfig  # noqa: E402
+from posttrain.train.rl.algorithms.rloo import RLOOConfig  # noqa: E402
 
 TOKEN = "7"
 

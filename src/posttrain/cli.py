@@ -12,6 +12,7 @@ import os
 import sys
 
 from posttrain.config import ConfigError, config_help, load_config
+from posttrain.train.rl.algorithms import rl_commands
 
 # command → (config class path, runner path, one-line help)
 TRAINING_COMMANDS = {
@@ -21,14 +22,7 @@ TRAINING_COMMANDS = {
             "direct preference optimisation (dpo, dpo_norm, simpo, ipo, hinge)"),
     "reward": ("posttrain.train.reward:RewardConfig", "posttrain.train.reward:run_reward",
                "Bradley–Terry reward model (--model-type vpl: pluralistic, per-user)"),
-    "grpo": ("posttrain.train.rl.config:GRPOConfig", "posttrain.train.rl.trainer:run_rl",
-             "RL with verifiable rewards: GRPO (also DAPO / Dr. GRPO aggregation)"),
-    "rloo": ("posttrain.train.rl.config:RLOOConfig", "posttrain.train.rl.trainer:run_rl",
-             "RL with a leave-one-out baseline (RLOO)"),
-    "ppo": ("posttrain.train.rl.config:PPOConfig", "posttrain.train.rl.trainer:run_rl",
-            "PPO with a value model, GAE and KL penalty"),
-    "nlpo": ("posttrain.train.rl.config:NLPOConfig", "posttrain.train.rl.trainer:run_rl",
-             "NLPO: PPO with top-p action masking by a periodically refreshed policy copy"),
+    **rl_commands(),   # grpo, rloo, ppo, nlpo, …: one per posttrain.train.rl.algorithms.ALGORITHMS entry
 }
 
 # command → (module with main(argv) -> int, one-line help)

@@ -1,4 +1,5 @@
-"""Advantage estimators: group-relative (GRPO, Dr. GRPO), leave-one-out (RLOO), GAE, whitening.
+"""Advantage estimators: group-relative (GRPO, Dr. GRPO), leave-one-out (RLOO), GAE, whitening,
+and the KL-penalised rewards they start from (``sequence_rewards``, ``token_rewards``).
 
 Layout convention for the group estimators: rows are group-contiguous, i.e. for ``group_size = k``
 rows ``0..k-1`` are prompt 0's k completions, rows ``k..2k-1`` prompt 1's, and so on, so
@@ -13,13 +14,41 @@ from typing import Callable
 
 import torch
 
+from posttrain.losses.kl import kl_estimate
+
 __all__ = [
     "GROUP_NORMALIZERS",
     "gae",
     "group_advantages",
     "rloo_advantages",
+    "sequence_rewards",
+    "token_rewards",
     "whiten",
 ]
+
+
+def sequence_rewards(scores_B: torch.Tensor, old_logps_BT: torch.Tensor, ref_logps_BT: torch.Tensor | None,
+                     mask_BT: torch.Tensor, beta: float, kl_in: str, kl_estimator: str) -> torch.Tensor:
+    """One reward per sequence (B,): the score, minus β·Σ_t KL_t over its sampled tokens when
+    the KL goes into the reward (``kl_in="reward"``, β > 0, a reference exists); else the score.
+    KL_t is ``kl_estimate(old_logps_BT, ref_logps_BT, kl_estimator)``."""
+    if kl_in != "reward" or beta == 0 or ref_logps_BT is None:
+        return scores_B
+    kl_B = (kl_estimate(old_logps_BT, ref_logps_BT, kl_estimator) * mask_BT).sum(-1)
+    return scores_B - beta * kl_B
+
+
+def token_rewards(scores_B: torch.Tensor, old_logps_BT: torch.Tensor, ref_logps_BT: torch.Tensor | None,
+                  mask_BT: torch.Tensor, beta: float, kl_in: str, kl_estimator: str) -> torch.Tensor:
+    """Per-token rewards (B, T): -β·KL_t on each sampled token (when ``kl_in="reward"``) plus the
+    sequence score on the last sampled token (Ziegler et al. 2019; TRL's PPOTrainer; the
+    "token-level KL penalty" of REINFORCE++, Hu 2025). Zero on padding."""
+    rewards_BT = torch.zeros_like(mask_BT)
+    if kl_in == "reward" and beta > 0 and ref_logps_BT is not None:
+        rewards_BT = -beta * kl_estimate(old_logps_BT, ref_logps_BT, kl_estimator) * mask_BT
+    last_B = (mask_BT.sum(-1) - 1).clamp(min=0).long()
+    rewards_BT[torch.arange(mask_BT.shape[0]), last_B] += scores_B
+    return rewards_BT
 
 
 def _as_groups(rewards_B: torch.Tensor, group_size: int) -> torch.Tensor:

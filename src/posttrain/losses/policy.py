@@ -5,8 +5,10 @@ Shapes: B sequences (completions) × T completion tokens (× V vocabulary). ``ma
 tokens that were sampled from the policy and 0 on padding and on forced tokens (tool output).
 
 Reduction is explicit and is the part that changes results. ``clipped_policy_loss`` computes a
-per-token loss ℓ_{i,t} and reduces it with one of ``AGGREGATIONS``; each returns
-(numerator, denominator), and ``normalizer`` replaces the denominator:
+per-token loss ℓ_{i,t} and reduces it with one of ``AGGREGATIONS``, each a numerator and a
+denominator; ``normalizer`` replaces the denominator. The other policy losses (GSPO, CISPO, in
+``posttrain.train.rl.algorithms``) compute their own ℓ_{i,t} and reduce it the same way through
+``reduce_policy_loss``:
 
 ``grpo``       (1/B) Σ_i (1/|o_i|) Σ_t ℓ_{i,t}        GRPO, Shao et al. 2024, eq. 3
     Keeps a per-sequence length bias: each sequence counts once, so a token of a long
@@ -26,6 +28,8 @@ per micro-batch, so summing micro-batch gradients is not the loss of the whole b
 ``normalizer`` = the count over the whole optimizer step (e.g. the active-token count summed over
 micro-batches and processes for ``dapo``/``token_sum``, or global B × L for ``dr_grpo``); then
 the sum of micro-batch losses is exactly the global loss. For ``grpo`` it replaces B.
+``aggregation_normalizer`` is that count for a set of rows (written once: the RL trainer sums it
+over micro-batches and processes).
 
 Reference code: TRL ``trl/trainer/grpo_trainer.py``
 (huggingface/trl@d2b69d769dab6f77acbfd33252bcd7d22765571b, ``GRPOTrainer._compute_loss``: the
@@ -37,7 +41,7 @@ loss follows TRL's ``trl/trainer/ppo_trainer.py`` (``cliprange_value``; not pinn
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -45,14 +49,20 @@ from posttrain.losses.kl import kl_estimate
 
 __all__ = [
     "AGGREGATIONS",
+    "Aggregation",
     "aggregate",
+    "aggregation_normalizer",
     "tis_weights",
     "apply_action_mask",
     "clipped_policy_loss",
+    "clipped_surrogate",
     "entropy_from_logits",
     "explained_variance",
     "masked_mean",
     "nlpo_topp_mask",
+    "per_token",
+    "ratio_diagnostics",
+    "reduce_policy_loss",
     "value_loss",
 ]
 
@@ -67,32 +77,63 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Aggregations: per-token loss (B, T) and mask (B, T) -> (numerator, denominator)
+# Aggregations: per-token loss (B, T) and mask (B, T) -> numerator; mask and L -> denominator
 
 
-def _aggregate_grpo(loss_BT: torch.Tensor, mask_BT: torch.Tensor) -> tuple[torch.Tensor, _Denominator]:
-    seq_mean_B = (loss_BT * mask_BT).sum(-1) / mask_BT.sum(-1).clamp(min=1)
-    return seq_mean_B.sum(), float(loss_BT.shape[0])
+def _sum_of_sequence_means(loss_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+    return ((loss_BT * mask_BT).sum(-1) / mask_BT.sum(-1).clamp(min=1)).sum()
 
 
-def _aggregate_dapo(loss_BT: torch.Tensor, mask_BT: torch.Tensor) -> tuple[torch.Tensor, _Denominator]:
-    return (loss_BT * mask_BT).sum(), mask_BT.sum().clamp(min=1)
+def _token_sum(loss_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+    return (loss_BT * mask_BT).sum()
 
 
-def _aggregate_dr_grpo(loss_BT: torch.Tensor, mask_BT: torch.Tensor) -> tuple[torch.Tensor, _Denominator]:
-    return (loss_BT * mask_BT).sum(), float(mask_BT.numel())
+def _count_sequences(mask_BT: torch.Tensor, max_completion_length: int) -> _Denominator:
+    return float(mask_BT.shape[0])
 
 
-def _aggregate_token_sum(loss_BT: torch.Tensor, mask_BT: torch.Tensor) -> tuple[torch.Tensor, _Denominator]:
-    return (loss_BT * mask_BT).sum(), 1.0
+def _count_tokens(mask_BT: torch.Tensor, max_completion_length: int) -> _Denominator:
+    return mask_BT.sum().clamp(min=1)
 
 
-AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, _Denominator]]] = {
-    "grpo": _aggregate_grpo,
-    "dapo": _aggregate_dapo,
-    "dr_grpo": _aggregate_dr_grpo,
-    "token_sum": _aggregate_token_sum,
+def _count_sequence_slots(mask_BT: torch.Tensor, max_completion_length: int) -> _Denominator:
+    return float(mask_BT.shape[0] * max_completion_length)
+
+
+def _one(mask_BT: torch.Tensor, max_completion_length: int) -> _Denominator:
+    return 1.0
+
+
+class Aggregation(NamedTuple):
+    """A reduction of per-token losses: ``numerator(loss_BT, mask_BT)`` divided by
+    ``denominator(mask_BT, max_completion_length)`` (module table)."""
+
+    numerator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    denominator: Callable[[torch.Tensor, int], _Denominator]
+
+
+AGGREGATIONS: dict[str, Aggregation] = {
+    "grpo": Aggregation(_sum_of_sequence_means, _count_sequences),
+    "dapo": Aggregation(_token_sum, _count_tokens),
+    "dr_grpo": Aggregation(_token_sum, _count_sequence_slots),
+    "token_sum": Aggregation(_token_sum, _one),
 }
+
+
+def _aggregation(name: str) -> Aggregation:
+    try:
+        return AGGREGATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown aggregation {name!r}; known: {sorted(AGGREGATIONS)}") from None
+
+
+def aggregation_normalizer(aggregation: str, mask_BT: torch.Tensor, max_completion_length: int | None = None) -> float:
+    """What ``aggregation`` divides the summed loss of these rows by: B (``grpo``), the sampled
+    tokens Σ m (``dapo``), B × ``max_completion_length`` (``dr_grpo``; default: the padded T)
+    or 1 (``token_sum``). A trainer that splits an optimizer step into micro-batches and
+    processes sums this over all of them and passes the total as ``normalizer``."""
+    length = mask_BT.shape[1] if max_completion_length is None else max_completion_length
+    return float(_aggregation(aggregation).denominator(mask_BT, length))
 
 
 def aggregate(
@@ -100,12 +141,10 @@ def aggregate(
 ) -> torch.Tensor:
     """Reduce a per-token loss to a scalar with ``AGGREGATIONS[aggregation]`` (module table);
     ``normalizer``, when given, replaces the aggregation's denominator."""
-    try:
-        reduce = AGGREGATIONS[aggregation]
-    except KeyError:
-        raise ValueError(f"unknown aggregation {aggregation!r}; known: {sorted(AGGREGATIONS)}") from None
-    numerator, denominator = reduce(loss_BT, mask_BT.to(loss_BT.dtype))
-    return numerator / (denominator if normalizer is None else normalizer)
+    reduction = _aggregation(aggregation)
+    mask_BT = mask_BT.to(loss_BT.dtype)
+    numerator = reduction.numerator(loss_BT, mask_BT)
+    return numerator / (reduction.denominator(mask_BT, mask_BT.shape[1]) if normalizer is None else normalizer)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,17 +202,68 @@ def clipped_policy_loss(
     """
     clip_high = clip_low if clip_high is None else clip_high
     mask_BT = mask_BT.to(logps_BT.dtype)
-    advantages_BT = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
-    advantages_BT = advantages_BT.detach()
+    advantages_BT = per_token(advantages)
 
     log_ratio_BT = logps_BT - old_logps_BT.detach()
     ratio_BT = torch.exp(log_ratio_BT)
+    policy_loss_BT, is_low_clipped_BT, is_high_clipped_BT = clipped_surrogate(ratio_BT, advantages_BT, clip_low,
+                                                                              clip_high)
+    loss, diagnostics = reduce_policy_loss(policy_loss_BT, logps_BT, mask_BT, aggregation, normalizer, kl_coef=kl_coef,
+                                           ref_logps_BT=ref_logps_BT, kl_kind=kl_kind, is_weights_BT=is_weights_BT)
+    diagnostics.update(ratio_diagnostics(log_ratio_BT, ratio_BT, is_low_clipped_BT, is_high_clipped_BT, mask_BT))
+    return loss, diagnostics
+
+
+# --------------------------------------------------------------------------------------------
+# Parts every policy loss shares (``clipped_policy_loss`` here; GSPO and CISPO in
+# ``posttrain.train.rl.algorithms``)
+
+
+def clipped_surrogate(ratio_BT: torch.Tensor, advantages_BT: torch.Tensor, clip_low: float, clip_high: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's per-token clipped term (Schulman et al. 2017, eq. 7), as a loss:
+
+        ℓ = -min(ρ A, clip(ρ, 1 - ε_low, 1 + ε_high) A)
+
+    Returns ℓ (B, T) and two bool (B, T) masks of where the clip binds (the gradient is 0
+    there): ρ < 1 - ε_low with A < 0, and ρ > 1 + ε_high with A > 0."""
     unclipped_BT = ratio_BT * advantages_BT
     clipped_BT = torch.clamp(ratio_BT, 1.0 - clip_low, 1.0 + clip_high) * advantages_BT
-    policy_loss_BT = -torch.min(unclipped_BT, clipped_BT)
+    with torch.no_grad():
+        is_low_clipped_BT = (ratio_BT < 1.0 - clip_low) & (advantages_BT < 0)
+        is_high_clipped_BT = (ratio_BT > 1.0 + clip_high) & (advantages_BT > 0)
+    return -torch.min(unclipped_BT, clipped_BT), is_low_clipped_BT, is_high_clipped_BT
+
+
+def per_token(advantages: torch.Tensor) -> torch.Tensor:
+    """Advantages as (B, T) or (B, 1) (broadcast over tokens), detached: one per sequence (B,)
+    becomes a column."""
+    return (advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages).detach()
+
+
+def reduce_policy_loss(
+    policy_loss_BT: torch.Tensor,
+    logps_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    aggregation: str,
+    normalizer: _Denominator | None,
+    *,
+    kl_coef: float = 0.0,
+    ref_logps_BT: torch.Tensor | None = None,
+    kl_kind: str = "k3",
+    is_weights_BT: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A per-token policy loss ℓ_{i,t} (B, T) to the scalar that is optimised:
+
+        aggregate(w_{i,t} · ℓ_{i,t} + β_KL · KL_{i,t})
+
+    with ``is_weights_BT`` w (no grad; 1 when None) and, when ``kl_coef`` β_KL > 0, GRPO's
+    in-loss KL ``kl_estimate(logps_BT, ref_logps_BT, kl_kind)``, both reduced by
+    ``aggregation`` / ``normalizer`` (module table). Returns the loss and the detached
+    diagnostics ``policy_loss`` (w·ℓ alone, aggregated the same way) and ``kl`` (with β_KL > 0).
+    """
     if is_weights_BT is not None:
         policy_loss_BT = policy_loss_BT * is_weights_BT.detach()
-
     loss_BT = policy_loss_BT
     diagnostics: dict[str, torch.Tensor] = {}
     if kl_coef:
@@ -181,24 +271,26 @@ def clipped_policy_loss(
             raise ValueError("kl_coef > 0 needs ref_logps_BT")
         kl_BT = kl_estimate(logps_BT, ref_logps_BT.detach(), kl_kind)
         loss_BT = loss_BT + kl_coef * kl_BT
-        diagnostics["kl"] = aggregate(kl_BT.detach(), mask_BT, aggregation, normalizer)
+        diagnostics["kl"] = aggregate(kl_BT.detach(), mask_BT, aggregation, normalizer).detach()
     loss = aggregate(loss_BT, mask_BT, aggregation, normalizer)
+    diagnostics["policy_loss"] = aggregate(policy_loss_BT.detach(), mask_BT, aggregation, normalizer)
+    return loss, diagnostics
 
-    with torch.no_grad():
-        is_low_clipped_BT = (ratio_BT < 1.0 - clip_low) & (advantages_BT < 0)
-        is_high_clipped_BT = (ratio_BT > 1.0 + clip_high) & (advantages_BT > 0)
-        clip_low_frac = masked_mean(is_low_clipped_BT.to(mask_BT.dtype), mask_BT)
-        clip_high_frac = masked_mean(is_high_clipped_BT.to(mask_BT.dtype), mask_BT)
-        diagnostics.update(
-            policy_loss=aggregate(policy_loss_BT, mask_BT, aggregation, normalizer),
-            clip_fraction=clip_low_frac + clip_high_frac,
-            clip_fraction_low=clip_low_frac,
-            clip_fraction_high=clip_high_frac,
-            ratio_mean=masked_mean(ratio_BT, mask_BT),
-            ratio_max=ratio_BT.masked_fill(mask_BT == 0, float("-inf")).max(),
-            approx_kl=masked_mean(torch.expm1(log_ratio_BT) - log_ratio_BT, mask_BT),
-        )
-    return loss, {k: v.detach() for k, v in diagnostics.items()}
+
+@torch.no_grad()
+def ratio_diagnostics(log_ratio_BT: torch.Tensor, ratio_BT: torch.Tensor, is_low_clipped_BT: torch.Tensor,
+                      is_high_clipped_BT: torch.Tensor, mask_BT: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How far the update has moved, as detached token means over ``mask_BT``:
+    ``clip_fraction`` = ``clip_fraction_low`` + ``clip_fraction_high`` (the shares of tokens
+    the caller marks clipped on each side), ``ratio_mean``, ``ratio_max`` and ``approx_kl``
+    (k3 estimate of KL[π_old ‖ π] on tokens sampled from π_old: mean of (ρ - 1) - log ρ, with
+    ρ = exp(``log_ratio_BT``), the per-token ratio)."""
+    clip_low_frac = masked_mean(is_low_clipped_BT.to(mask_BT.dtype), mask_BT)
+    clip_high_frac = masked_mean(is_high_clipped_BT.to(mask_BT.dtype), mask_BT)
+    return {"clip_fraction": clip_low_frac + clip_high_frac, "clip_fraction_low": clip_low_frac,
+            "clip_fraction_high": clip_high_frac, "ratio_mean": masked_mean(ratio_BT, mask_BT),
+            "ratio_max": ratio_BT.masked_fill(mask_BT == 0, float("-inf")).max(),
+            "approx_kl": masked_mean(torch.expm1(log_ratio_BT) - log_ratio_BT, mask_BT)}
 
 
 def tis_weights(trainer_logps_BT: torch.Tensor, sampler_logps_BT: torch.Tensor, cap: float,

@@ -24,12 +24,13 @@ import yaml
 
 from posttrain.cli import TRAINING_COMMANDS, _resolve
 from posttrain.config import ConfigError, load_config, to_dict
+from posttrain.train.rl.algorithms import ALGORITHMS
 
 RECIPES_DIR = Path(__file__).parent
 # A stage is one of the training commands (config class, runner) — the command line's own table.
 STAGE_COMMANDS = {name: (config, runner) for name, (config, runner, _) in TRAINING_COMMANDS.items()
                   if name != "reward"}
-RL_COMMANDS = ("grpo", "rloo", "ppo", "nlpo")
+RL_COMMANDS = tuple(ALGORITHMS)   # the online-RL stages, which get a Reward Report
 
 
 def list_recipes() -> list[str]:

@@ -1,8 +1,10 @@
-"""Configs of the online-RL commands: ``grpo``, ``rloo``, ``ppo``, ``nlpo``.
+"""``RLConfig``: the options every online-RL command shares (data, reward, sampling, KL, clipped
+update, scale).
 
-One flat dataclass per command. ``RLConfig`` holds what every algorithm shares (data, reward,
-sampling, KL, clipped update); ``PPOConfig`` adds the value model and GAE; ``NLPOConfig`` adds
-the masking policy. The algorithm is the command: ``algorithm`` is fixed by the class.
+One flat dataclass per command: each algorithm's own class (``GRPOConfig``, ``PPOConfig``, …)
+subclasses this one in its file under ``posttrain.train.rl.algorithms``, adding its options and
+its paper's defaults. The algorithm is the command: ``algorithm`` is fixed by the class, and
+every check that depends on the algorithm asks its ``AlgorithmSpec``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 from typing import Any
 
 from posttrain.config import ConfigError, TrainingOptions, opt
+from posttrain.train.rl.algorithms import ALGORITHMS
 
 AGGREGATION_CHOICES = ("grpo", "dapo", "dr_grpo")
 KL_ESTIMATOR_CHOICES = ("k1", "k2", "k3")
@@ -24,7 +27,11 @@ class RLConfig(TrainingOptions):
     batch of ``prompts_per_step × group_size`` completions); one rollout step takes
     ``ppo_epochs × num_minibatches`` optimizer updates."""
 
-    algorithm: str = opt("grpo", "grpo, rloo, ppo or nlpo (set by the command)", "Algorithm")
+    algorithm: str = opt("grpo", f"{', '.join(ALGORITHMS)} (set by the command)", "Algorithm")
+    learning_rate: float = opt(1e-6, "peak learning rate (AdamW; with a value model, its rate too unless "
+                               "value_learning_rate is set)", "Optimization")
+    lr_schedule: str = opt("constant", "learning-rate schedule", "Optimization")
+    warmup_ratio: float = opt(0.0, "share of steps spent warming the learning rate up from 0", "Optimization")
     # Data
     data: list[Any] = opt([{"source": "builtin:arithmetic_rlvr", "n": 120}], "training prompts: RLVR rows (prompt or messages, "
                           "ground_truth, verifier; a prompt alone when no reward component is a verifier); list of specs or {source, fraction|count} entries", "Data")
@@ -97,8 +104,7 @@ class RLConfig(TrainingOptions):
         choices = {"aggregation": AGGREGATION_CHOICES, "kl_estimator": KL_ESTIMATOR_CHOICES,
                    "kl_in": KL_IN_CHOICES, "advantage_normalize": ADVANTAGE_NORMALIZE_CHOICES,
                    "rollout_backend": ("hf", "vllm", "vllm-server"), "rollout_cache": ("dynamic", "static"),
-                   "placement": ("local", "ray"),
-                   "algorithm": ("grpo", "rloo", "ppo", "nlpo")}
+                   "placement": ("local", "ray"), "algorithm": tuple(ALGORITHMS)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
@@ -112,7 +118,8 @@ class RLConfig(TrainingOptions):
             raise ConfigError("reward: give at least one component, e.g. [{verifier: auto}]")
         if self.prompts_per_step < 1 or self.group_size < 1:
             raise ConfigError("prompts_per_step and group_size must be >= 1")
-        if self.algorithm in ("grpo", "rloo") and self.group_size < 2:
+        spec = ALGORITHMS[self.algorithm]
+        if spec.group_based and self.group_size < 2:
             raise ConfigError(f"{self.algorithm} compares completions of one prompt: set group_size >= 2")
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0 (greedy decoding is for evaluation)")
@@ -129,7 +136,7 @@ class RLConfig(TrainingOptions):
             raise ConfigError("beta and kl_target must be >= 0")
         if self.kl_target > 0 and self.beta == 0:
             raise ConfigError("kl_target needs a starting beta > 0 for the adaptive controller to scale")
-        if self.kl_in == "reward" and self.algorithm in ("grpo", "rloo") and self.kl_estimator != "k1":
+        if self.kl_in == "reward" and spec.group_based and self.kl_estimator != "k1":
             raise ConfigError("kl_in=reward sums per-token KL into the sequence reward; use kl_estimator=k1 "
                               "(the RLHF penalty log π - log π_ref)")
         if self.clip_low <= 0 or self.clip_high <= 0:
@@ -164,77 +171,11 @@ class RLConfig(TrainingOptions):
             raise ConfigError("async_steps > 0 generates on Ray workers while the learner trains: set placement=ray")
 
 
-@dataclasses.dataclass
-class GRPOConfig(RLConfig):
-    """``posttrain grpo``: group-relative advantages (DeepSeekMath GRPO; DAPO / Dr. GRPO variants)."""
-
-    algorithm: str = opt("grpo", "set by the command", "Algorithm")
-    learning_rate: float = opt(1e-6, "peak learning rate (AdamW)", "Optimization")
-    lr_schedule: str = opt("constant", "learning-rate schedule", "Optimization")
-    warmup_ratio: float = opt(0.0, "share of steps spent warming the learning rate up from 0", "Optimization")
-
-
-@dataclasses.dataclass
-class RLOOConfig(RLConfig):
-    """``posttrain rloo``: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024)."""
-
-    algorithm: str = opt("rloo", "set by the command", "Algorithm")
-    learning_rate: float = opt(1e-6, "peak learning rate (AdamW)", "Optimization")
-    lr_schedule: str = opt("constant", "learning-rate schedule", "Optimization")
-    warmup_ratio: float = opt(0.0, "share of steps spent warming the learning rate up from 0", "Optimization")
-    filter_zero_variance_groups: bool = opt(False, "drop groups whose rewards are all equal", "Update")
-
-
-@dataclasses.dataclass
-class PPOConfig(RLConfig):
-    """``posttrain ppo``: PPO with a separate value model, GAE, value clipping, whitening, and the
-    per-token KL penalty in the reward (TÜLU 3's PPO / TRL's PPOTrainer)."""
-
-    algorithm: str = opt("ppo", "set by the command", "Algorithm")
-    learning_rate: float = opt(1e-6, "peak learning rate (AdamW), policy and value model", "Optimization")
-    lr_schedule: str = opt("constant", "learning-rate schedule", "Optimization")
-    warmup_ratio: float = opt(0.0, "share of steps spent warming the learning rate up from 0", "Optimization")
-    group_size: int = opt(1, "completions sampled per prompt", "Sampling")
-    beta: float = opt(0.05, "KL coefficient of the per-token penalty in the reward", "KL")
-    kl_in: str = opt("reward", "PPO folds -β·KL (k1) per token into the reward", "KL")
-    kl_estimator: str = opt("k1", "per-token KL estimator", "KL")
-    aggregation: str = opt("dapo", "loss reduction (dapo = token mean, as TRL's PPOTrainer)", "Update")
-    filter_zero_variance_groups: bool = opt(False, "drop groups whose rewards are all equal", "Update")
-    ppo_epochs: int = opt(2, "passes over each rollout batch", "Update")
-    num_minibatches: int = opt(2, "optimizer updates per pass", "Update")
-    value_model: str = opt("policy", "value model init: 'policy' (the policy's weights + a fresh scalar head, a "
-                           "separate model) or a reward-model folder (AutoModelForSequenceClassification, as "
-                           "TÜLU 3 did)", "Value")
-    value_learning_rate: float = opt(0.0, "value model learning rate (0 = learning_rate)", "Value")
-    gamma: float = opt(1.0, "GAE discount", "Value")
-    lam: float = opt(0.95, "GAE λ", "Value")
-    value_clip: float = opt(0.2, "value clipping range (0 = off)", "Value")
-    value_coef: float = opt(0.1, "weight of the value loss", "Value")
-    whiten_advantages: bool = opt(True, "whiten GAE advantages over the batch", "Value")
-
-    def validate(self):
-        super().validate()
-        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ConfigError("gamma and lam must lie in [0, 1]")
-        if self.value_coef < 0 or self.value_clip < 0:
-            raise ConfigError("value_coef and value_clip must be >= 0")
-
-
-@dataclasses.dataclass
-class NLPOConfig(PPOConfig):
-    """``posttrain nlpo``: PPO whose actions are masked to the top-p tokens of a periodically
-    refreshed copy of the policy (Ramamurthy et al. 2023)."""
-
-    algorithm: str = opt("nlpo", "set by the command", "Algorithm")
-    mask_top_p: float = opt(0.9, "keep the smallest set of the masking policy's tokens with this much mass", "NLPO")
-    mask_refresh_steps: int = opt(5, "copy the policy into the masking policy every N rollout steps", "NLPO")
-
-    def validate(self):
-        super().validate()
-        if not 0 < self.mask_top_p <= 1:
-            raise ConfigError("mask_top_p must lie in (0, 1]")
-        if self.mask_refresh_steps < 1:
-            raise ConfigError("mask_refresh_steps must be >= 1")
-        if self.rollout_backend != "hf" or self.placement != "local":
-            raise ConfigError("nlpo applies its action mask inside transformers generate in the training process: "
-                              "use rollout_backend=hf placement=local")
+def __getattr__(name: str):
+    """Each algorithm's config class by its class name (``GRPOConfig``, ``PPOConfig``, …), so
+    ``from posttrain.train.rl.config import GRPOConfig`` keeps working; the classes live in their
+    algorithm's file and are found through the registry."""
+    for spec in ALGORITHMS.values():
+        if spec.config_path.rpartition(":")[2] == name:
+            return spec.config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

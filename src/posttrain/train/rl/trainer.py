@@ -1,4 +1,5 @@
-"""Online RL with verifiable (or any) rewards: ``posttrain grpo | rloo | ppo | nlpo``.
+"""Online RL with verifiable (or any) rewards: ``posttrain grpo | rloo | ppo | nlpo | …`` (every
+algorithm of ``posttrain.train.rl.algorithms.ALGORITHMS``).
 
 One rollout step for every algorithm, run by the engine's loop (``Engine.loop``: progress,
 logging, evaluation, checkpoints and resume are the ones SFT and DPO use; each update is
@@ -11,16 +12,19 @@ logging, evaluation, checkpoints and resume are the ones SFT and DPO use; each u
 2. score them with the composed reward (verifiers, custom ``module:function`` rewards, reward
    models; minus ``no_eos_penalty`` for completions cut off before EOS);
 3. one no-grad forward each for π_old (the policy itself, dropout off: ratio = 1 at the first
-   update), π_ref (when β > 0), the value model (PPO/NLPO) and the masking policy (NLPO). When
-   each rollout gets exactly one update (``ppo_epochs = num_minibatches = 1``, no value model or
-   action mask: the GRPO/RLOO default) π_old *is* the policy being updated, so its log-probs are
-   the update forward's own, detached, and the separate π_old pass is skipped (one forward fewer
-   per step, the same gradient; TRL's GRPOTrainer does the same at ``num_iterations = 1``);
-4. advantages from ``algorithms.ALGORITHMS[algorithm]``;
-5. ``ppo_epochs`` passes of ``num_minibatches`` clipped-surrogate updates
-   (``losses.policy.clipped_policy_loss``; + ``value_coef`` · clipped value loss for PPO/NLPO),
-   each an ``Engine.update`` over micro-batches of ``batch_size`` rows per process, the loss
-   divided by the step's global normaliser (rows for ``grpo``, tokens for ``dapo``, rows ×
+   update), π_ref (when β > 0), the value model and the masking policy (when the algorithm's
+   spec has them: PPO/NLPO, NLPO). When each rollout gets exactly one update (``ppo_epochs =
+   num_minibatches = 1``, no value model or action mask, and no KL in the reward, which the
+   advantages would read from π_old: the GRPO/RLOO default) π_old *is* the policy being
+   updated, so its log-probs are the update forward's own, detached, and the separate π_old pass
+   is skipped (one forward fewer per step, the same gradient; TRL's GRPOTrainer does the same
+   at ``num_iterations = 1``);
+4. advantages from the spec's estimator (``AlgorithmSpec.advantages``);
+5. ``ppo_epochs`` passes of ``num_minibatches`` updates with the spec's policy loss
+   (``losses.policy.clipped_policy_loss`` unless the algorithm has its own; + ``value_coef`` ·
+   clipped value loss with a value model), each an ``Engine.update`` over micro-batches of
+   ``batch_size`` rows per process, the loss divided by the step's global normaliser
+   (``losses.policy.aggregation_normalizer``: rows for ``grpo``, tokens for ``dapo``, rows ×
    ``max_new_tokens`` for ``dr_grpo``), so neither accumulation nor the process count changes
    the gradient. Minibatches are drawn from all processes' rows (``minibatch_plan``); batch
    statistics (PPO's advantage whitening, the step's metrics) are reduced over processes.
@@ -53,14 +57,14 @@ import torch
 from posttrain.data import DataError, encode_prompt, mix_sources, validate_rows
 from posttrain.models import resolve_model_path
 from posttrain.losses.kl import AdaptiveKLController, FixedKLController, kl_estimate
-from posttrain.losses.policy import clipped_policy_loss, explained_variance, masked_mean, nlpo_topp_mask, \
+from posttrain.losses.policy import aggregation_normalizer, explained_variance, masked_mean, nlpo_topp_mask, \
     tis_weights, value_loss
 from posttrain.rewards.compose import build_reward
 from posttrain.train.common import load_policy, log, prepare_run
 from accelerate.utils import gather_object
 from posttrain.train.engine import Engine, TrainingError
 from posttrain.models.layout import completion_token_logps, prompt_sharing
-from posttrain.train.rl.algorithms import ALGORITHMS, ValueModel
+from posttrain.train.rl.algorithms import algorithm_spec
 from posttrain.train.rl.config import RLConfig
 from posttrain.train.rl.rollout import Rollout, TopPActionMask, completion_logits, forward_inputs, make_backend
 
@@ -207,7 +211,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
     engine = Engine(config, policy, tokenizer)
     main, device = engine.is_main, engine.device
     algorithm = config.algorithm
-    is_ppo = algorithm in ("ppo", "nlpo")
+    spec = algorithm_spec(algorithm)
     local_prompts = config.prompts_per_step // engine.world
 
     # --- data: RLVR rows with tokenised prompts; held-out rows for greedy accuracy
@@ -228,15 +232,17 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
     total = config.max_steps if config.max_steps > 0 else max(1, int(len(rows) / config.prompts_per_step
                                                                         * config.num_epochs))
     extra = {}
-    if is_ppo:
-        spec = config.model if config.value_model == "policy" else config.value_model
-        extra["value"] = (ValueModel.from_spec(spec, dtype=config.dtype, zero_head=config.value_model == "policy"),
+    if spec.value_model:
+        from posttrain.train.rl.algorithms.ppo import ValueModel
+
+        start = config.model if config.value_model == "policy" else config.value_model
+        extra["value"] = (ValueModel.from_spec(start, dtype=config.dtype, zero_head=config.value_model == "policy"),
                           config.value_learning_rate or None)
     value_model = engine.setup(total * config.ppo_epochs * config.num_minibatches, extra).get("value")
     reference = None
-    if config.beta > 0:
+    if spec.needs_reference(config):
         reference = None if config.lora_rank > 0 else _frozen_copy(engine.unwrapped())  # LoRA: adapters disabled
-    mask_model = _frozen_copy(engine.unwrapped()) if algorithm == "nlpo" else None
+    mask_model = _frozen_copy(engine.unwrapped()) if spec.action_mask else None
     kl_controller = AdaptiveKLController(config.beta, config.kl_target, config.kl_horizon) if config.kl_target > 0 \
         else FixedKLController(config.beta)
     single_update = update_gives_old_logps(config)
@@ -280,7 +286,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
         old_logps = b["old_logps"][rows_].to(device)
         weights = tis_weights(old_logps, b["sampling_logps"][rows_].to(device), config.tis_cap, mask) \
             if config.tis_cap > 0 else None
-        loss, diag = clipped_policy_loss(
+        loss, diag = spec.policy_loss(
             logps, old_logps, advantages, mask, config.clip_low, config.clip_high,
             aggregation=config.aggregation, normalizer=1.0, kl_coef=kl_controller.value if in_loss else 0.0,
             ref_logps_BT=b["ref_logps"][rows_].to(device) if in_loss else None, kl_kind=config.kl_estimator,
@@ -288,7 +294,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
         metrics = {k: diag[k].detach() for k in ("clip_fraction", "ratio_mean", "approx_kl")}   # on the device
         if weights is not None:
             metrics["rollout/tis_weight_mean"] = masked_mean(weights, mask).detach()
-        if is_ppo:
+        if value_model is not None:
             inputs = forward_inputs(prompts, completion, tokenizer.pad_token_id, device=device)
             P = inputs.pop("prompt_length")
             values = value_model(**inputs)[:, P - 1:P - 1 + completion.shape[1]]
@@ -300,7 +306,8 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
         return loss * weight, metrics
 
     def normalizer(micro) -> float:
-        return policy_loss_normalizer(micro["batch"]["mask"][micro["rows"].cpu()], config) * micro["weight"]
+        mask_BT = micro["batch"]["mask"][micro["rows"].cpu()]
+        return aggregation_normalizer(config.aggregation, mask_BT, config.max_new_tokens) * micro["weight"]
 
     def submit(picked: list[int], submit_step: int):
         """Queue step ``submit_step``'s generation on the Ray workers (async_steps > 0)."""
@@ -344,7 +351,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
         train_start = time.perf_counter()
         batch = _score_batch(rollout, engine.model, reference, mask_model=mask_model, value=value_model,
                              config=config, device=device, policy_pass=not single_update, share=share)
-        adv = ALGORITHMS[algorithm](scores_B, batch, config, reduce_sum=engine.all_reduce_sum)
+        adv = spec.advantages(scores_B, batch, config, reduce_sum=engine.all_reduce_sum)
         batch["advantages"] = adv.advantages
         if adv.returns is not None:
             batch["returns"] = adv.returns
@@ -416,25 +423,18 @@ def rollout_backend(config: RLConfig, engine: Engine, tokenizer, local_prompts: 
 
 def update_gives_old_logps(config: RLConfig) -> bool:
     """Whether π_old is exactly the policy of the (only) update of each rollout batch, so its
-    log-probs can come from the update's own forward (module docstring, step 3). PPO and NLPO
-    keep the separate pass: their value model and action mask are computed beside it."""
-    return config.ppo_epochs == 1 and config.num_minibatches == 1 and config.algorithm in ("grpo", "rloo")
+    log-probs can come from the update's own forward (module docstring, step 3). Algorithms with
+    a value model or an action mask keep the separate pass (those are computed beside it), and
+    so does a KL in the reward (the advantages read π_old's log-probs before any update)."""
+    spec = algorithm_spec(config.algorithm)
+    kl_in_reward = config.kl_in == "reward" and spec.needs_reference(config)
+    return (config.ppo_epochs == 1 and config.num_minibatches == 1 and not spec.value_model
+            and not spec.action_mask and not kl_in_reward)
 
 
 def prompt_seed(seed: int, step: int, prompt: int) -> int:
     """The sampling seed of dataset prompt ``prompt`` at rollout step ``step`` (0-based)."""
     return (seed * 1_000_003 + step) * 10_000_019 + prompt
-
-
-def policy_loss_normalizer(mask_BT: torch.Tensor, config: RLConfig) -> float:
-    """What a minibatch's summed policy loss is divided by, counted over these rows:
-    rows (``grpo``), sampled tokens (``dapo``) or rows × ``max_new_tokens`` (``dr_grpo``);
-    ``losses.policy.clipped_policy_loss`` documents the aggregations."""
-    if config.aggregation == "grpo":
-        return float(mask_BT.shape[0])
-    if config.aggregation == "dapo":
-        return float(mask_BT.sum())
-    return float(mask_BT.shape[0] * config.max_new_tokens)  # dr_grpo
 
 
 def minibatch_plan(engine: Engine, keep_B: torch.Tensor, config: RLConfig, seed: int) -> list[list[dict]]:
