@@ -44,6 +44,9 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {spec.name: spec for spec in (
                   f"{_HERE}.ppo:PPOConfig", f"{_HERE}.ppo:ppo_advantages", value_model=True),
     AlgorithmSpec("nlpo", "NLPO: PPO with top-p action masking by a periodically refreshed policy copy",
                   f"{_HERE}.nlpo:NLPOConfig", f"{_HERE}.ppo:ppo_advantages", value_model=True, action_mask=True),
+    AlgorithmSpec("gspo", "GSPO: sequence-level importance ratio and clip on group advantages (Zheng et al. 2025)",
+                  f"{_HERE}.gspo:GSPOConfig", f"{_HERE}.grpo:grpo_advantages", f"{_HERE}.gspo:gspo_policy_loss",
+                  group_based=True),
 )}
 
 
