@@ -188,8 +188,7 @@ def bench_sft(model_dir, tokenizer) -> dict:
     tokens_per_step = SFT_BATCH * SFT_ROW * 0.98   # bfd packing fills rows to ~98 % (both sides pack the same rows)
     results = {}
     if "posttrain" in args.sides:
-        from posttrain.config import SFTConfig
-        from posttrain.train.sft import run_sft
+        from posttrain.train.sft import SFTConfig, run_sft
 
         results["posttrain"] = run_ours(run_sft, SFTConfig, "sft-ours", model_dir, [
             f"data=[{data}]", f"batch_size={SFT_BATCH}", f"max_length={SFT_ROW}", "loss_reduction=token_mean",

@@ -39,8 +39,8 @@ def tokens_in_rows(tokenizer, data, max_length):
 
 
 def run_ours(args, workdir: Path, *extra: str) -> float:
-    from posttrain.config import SFTConfig, load_config
-    from posttrain.train.sft import run_sft
+    from posttrain.config import load_config
+    from posttrain.train.sft import SFTConfig, run_sft
 
     out = workdir / ("ours" + "".join(f"-{e}" for e in extra))
     data_file = workdir / "data.jsonl"

@@ -32,8 +32,8 @@ def test_first_step_gradients_invariant_to_accumulation_and_processes(tiny_model
 
 
 def _sft(tiny_model_dir, out, *extra):
-    from posttrain.config import SFTConfig, load_config
-    from posttrain.train.sft import run_sft
+    from posttrain.config import load_config
+    from posttrain.train.sft import SFTConfig, run_sft
 
     config = load_config(SFTConfig, overrides=[f"model={tiny_model_dir}", f"out={out}", "batch_size=2",
                                                "max_length=96", "learning_rate=1e-3", "progress=false",
@@ -144,7 +144,7 @@ def test_group_by_length_keeps_every_unit_once_and_cuts_padding():
 
 
 def test_engine_steps_follow_the_length_grouped_order(tmp_path):
-    from posttrain.config import SFTConfig
+    from posttrain.train.sft import SFTConfig
     from posttrain.train.engine import Engine
 
     model = torch.nn.Linear(2, 2)

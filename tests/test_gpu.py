@@ -197,11 +197,11 @@ def test_trainers_run_in_bf16_and_follow_fp32(model_dir, tmp_path):
     """Through the engine (accelerate's autocast): SFT's loss over 3 steps within 1 % of the fp32
     run's, DPO's per-pair loss within 0.02; a GRPO run with the static (compiled on CUDA) rollout
     cache gives finite losses."""
-    from posttrain.config import SFTConfig, load_config
+    from posttrain.config import load_config
     from posttrain.train.dpo import DPOConfig, run_dpo
     from posttrain.train.rl.config import GRPOConfig
     from posttrain.train.rl.trainer import run_rl
-    from posttrain.train.sft import run_sft
+    from posttrain.train.sft import SFTConfig, run_sft
 
     from accelerate.state import AcceleratorState
 

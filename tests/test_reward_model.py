@@ -147,7 +147,7 @@ def test_scorer_pairwise_accuracy_and_batch_reward(tiny_rm, tmp_path):
 
 
 def test_vpl_and_lora_are_refused_with_a_pointer():
-    with pytest.raises(ConfigError, match="posttrain reward --model-type vpl"):
+    with pytest.raises(ConfigError, match="run `posttrain reward model_type=vpl`"):
         reward_config(model_type="vpl")
     with pytest.raises(ConfigError, match="lora_rank"):
         reward_config(lora_rank=8)

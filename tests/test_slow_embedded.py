@@ -12,8 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_twenty_step_sft_lowers_heldout_loss(tmp_path):
-    from posttrain.config import SFTConfig, load_config
-    from posttrain.train.sft import run_sft
+    from posttrain.config import load_config
+    from posttrain.train.sft import SFTConfig, run_sft
 
     config = load_config(SFTConfig, overrides=[
         f"out={tmp_path / 'sft'}", "max_steps=20", "batch_size=4", "max_length=192", "learning_rate=5e-5",

@@ -1,31 +1,58 @@
-"""``posttrain <command> …`` — one entry point for every stage.
+"""``posttrain <command> …`` — one entry point for every stage: the command table and the
+dispatch, nothing else.
 
-Training commands take ``--config file.yaml`` (repeatable) and ``key=value`` overrides; their
-``--help`` lists every option with its default, generated from the config dataclass.
+Where command code lives (docs/layout.md):
+
+- A training command (``sft``, ``dpo``, ``reward``, ``grpo``, …) is an options dataclass and a
+  ``run_*(config, command)`` function side by side in the module that trains (``train/sft.py``:
+  ``SFTConfig`` and ``run_sft``). The dataclass builds on ``config.TrainingOptions`` (or
+  ``config.RunOptions``), whose ``validate`` holds the checks every trainer shares. The generic
+  runner here parses the command line once for all of them (``config.parse_command_line``):
+  ``key=value``, ``--key value``, ``--key=value``, ``--flag`` / ``--no-flag`` for true/false
+  options, ``--config FILE`` (repeatable); ``--help`` lists every option, generated from the
+  dataclass. An option can pick another trainer with options of its own (``TRAINER_VARIANTS``:
+  ``posttrain reward model_type=vpl``).
+- A tool command (``eval``, ``merge``, …) is a package of the toolkit with a ``cli.py`` holding
+  ``build_parser()`` and ``main(argv) -> int``; the dispatcher lets its options be written
+  ``key=value`` too (``config.argparse_argv``).
+
+A problem the user can fix prints ``posttrain <command>: error: …`` (one line, no traceback) and
+exits with 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import inspect
 import os
 import sys
 
-from posttrain.config import ConfigError, config_help, load_config
+from posttrain.config import CommandLine, ConfigError, argparse_argv, config_help, load_config, parse_command_line
 from posttrain.train.rl.algorithms import rl_commands
 
 # command → (config class path, runner path, one-line help)
 TRAINING_COMMANDS = {
-    "sft": ("posttrain.config:SFTConfig", "posttrain.train.sft:run_sft",
+    "sft": ("posttrain.train.sft:SFTConfig", "posttrain.train.sft:run_sft",
             "supervised finetuning on messages rows (assistant tokens only)"),
     "dpo": ("posttrain.train.dpo:DPOConfig", "posttrain.train.dpo:run_dpo",
             "direct preference optimisation (dpo, dpo_norm, simpo, ipo, hinge)"),
     "reward": ("posttrain.train.reward:RewardConfig", "posttrain.train.reward:run_reward",
-               "Bradley–Terry reward model (--model-type vpl: pluralistic, per-user)"),
+               "Bradley–Terry reward model (model_type=vpl: pluralistic, per-user)"),
     **rl_commands(),   # grpo, rloo, ppo, nlpo, …: one per posttrain.train.rl.algorithms.ALGORITHMS entry
 }
 
-# command → (module with main(argv) -> int, one-line help)
+# command → (option, {value: (config class path, runner path)}): values of the option that train
+# with another trainer, whose options replace the command's own
+TRAINER_VARIANTS = {
+    "reward": ("model_type", {"vpl": ("posttrain.pluralistic.cli:VPLConfig", "posttrain.pluralistic.cli:run_vpl")}),
+}
+
+# command → option spellings kept from older command lines: they work, with a one-line note
+DEPRECATED_SPELLINGS = {
+    "reward": ("--model-type",),   # once a switch to a second command line; model_type is an option now
+}
+
+# command → (module with build_parser() and main(argv) -> int, one-line help)
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("posttrain.evaluation.cli", "evaluate a model on task suites (dev, unseen) or named tasks"),
     "decontaminate": ("posttrain.decontamination.cli", "find and drop training rows that overlap evaluation sets"),
@@ -50,32 +77,54 @@ def _user_errors():
     return (ConfigError, DataError, ModelError, TemplateError, TrainingError, FileNotFoundError)
 
 
-def run_training_command(name: str, argv: list[str]) -> int:
+def _trainer(name: str, command_line: CommandLine) -> tuple[type, object] | None:
+    """(options class, runner) of ``name`` as the command line sets it up, or None for the command's
+    own when no variant option is given."""
+    option, variants = TRAINER_VARIANTS.get(name, (None, {}))
+    chosen = command_line.value(option) if option else None
+    if chosen in variants:
+        config_path, runner_path = variants[chosen]
+        return _resolve(config_path), _resolve(runner_path)
+    return None
+
+
+def _training_help(name: str, chosen: tuple[type, object] | None) -> str:
     config_path, runner_path, summary = TRAINING_COMMANDS[name]
-    cls = _resolve(config_path)
-    parser = argparse.ArgumentParser(
-        prog=f"posttrain {name}", description=f"{summary}\n\n{(_resolve(runner_path).__module__ and sys.modules.get(_resolve(runner_path).__module__).__doc__) or ''}",
-        epilog=config_help(cls), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", action="append", default=[], help="YAML file of options (repeatable)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, applied after the config files")
-    args = parser.parse_args(argv)
-    config = load_config(cls, args.config, args.overrides)
-    command = " ".join(["posttrain", name] + argv)
-    _resolve(runner_path)(config, command=command)
+    option, variants = TRAINER_VARIANTS.get(name, (None, {}))
+    if chosen is None:
+        sections = [(_resolve(config_path), _resolve(runner_path), "")]
+        sections += [(_resolve(c), _resolve(r), f"\n\n──── {option}={value}: another trainer, with these options ────")
+                     for value, (c, r) in variants.items()]
+    else:
+        sections = [(*chosen, "")]
+    text = f"usage: posttrain {name} [--config FILE …] [key=value | --key value …]\n\n{summary}"
+    for cls, runner, heading in sections:
+        text += f"{heading}\n\n{inspect.getmodule(runner).__doc__ or ''}\n{config_help(cls)}"
+    return text
+
+
+def run_training_command(name: str, argv: list[str]) -> int:
+    """Parse ``argv`` once (``config.parse_command_line``), build the options dataclass with
+    ``load_config`` and hand it to the command's runner (or to the variant's that an option picks)."""
+    command_line = parse_command_line(argv)
+    for key, value, spelling in command_line.options:
+        if spelling in DEPRECATED_SPELLINGS.get(name, ()):
+            print(f"posttrain {name}: note: {spelling} is deprecated; write {key}={value}", file=sys.stderr)
+    chosen = _trainer(name, command_line)
+    if command_line.wants_help:
+        print(_training_help(name, chosen))
+        return 0
+    config_path, runner_path, _ = TRAINING_COMMANDS[name]
+    cls, runner = chosen or (_resolve(config_path), _resolve(runner_path))
+    config = load_config(cls, command_line.files, command_line.overrides(cls))
+    runner(config, command=" ".join(["posttrain", name] + argv))
     return 0
 
 
-def _pop_model_type(argv: list[str]) -> str | None:
-    """Remove ``--model-type X`` / ``--model-type=X`` from ``argv`` and return X."""
-    for i, arg in enumerate(argv):
-        if arg == "--model-type" and i + 1 < len(argv):
-            value = argv[i + 1]
-            del argv[i:i + 2]
-            return value
-        if arg.startswith("--model-type="):
-            del argv[i]
-            return arg.split("=", 1)[1]
-    return None
+def run_tool_command(name: str, argv: list[str]) -> int:
+    """The tool's own ``main`` on ``argv``, with ``key=value`` options spelt as its ``--key value``."""
+    tool = importlib.import_module(TOOL_COMMANDS[name][0])
+    return int(tool.main(argparse_argv(tool.build_parser(), argv)) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,14 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     errors = _user_errors()
     try:
-        vpl = _pop_model_type(rest) if name == "reward" else None
-        if vpl == "vpl":  # per-user latent reward models have their own trainer and options
-            return int(_resolve("posttrain.pluralistic:main")(rest) or 0)
-        if vpl not in (None, "bt"):
-            raise ConfigError(f"--model-type {vpl!r}: choose bt (Bradley–Terry, the default) or vpl")
         if name in TRAINING_COMMANDS:
             return run_training_command(name, rest)
-        return int(_resolve(TOOL_COMMANDS[name][0] + ":main")(rest) or 0)
+        return run_tool_command(name, rest)
     except errors as e:  # a problem the user can fix: one line, no traceback, exit code 2
         print(f"posttrain {name}: error: {e}", file=sys.stderr)
         return 2

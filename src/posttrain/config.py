@@ -1,14 +1,23 @@
-"""Typed configs: one flat dataclass per command, filled from YAML files and ``key=value``
-overrides, validated with messages a user can act on.
+"""The options machinery every command shares: typed option dataclasses filled from YAML files
+and the command line, validated with messages a user can act on.
 
-Every field's help text lives in ``field(metadata={"help": ...})`` so ``posttrain <cmd> --help``
-documents every option from the one place it is defined.
+Each training command's dataclass lives beside its runner (``train/sft.py``: ``SFTConfig`` and
+``run_sft``, …); this module holds what they share: ``opt`` (a field with help text and a help
+group), ``load_config`` (defaults ← YAML files ← ``key=value`` overrides), ``config_help`` (the
+``--help`` text), ``parse_command_line`` (``key=value``, ``--key value``, ``--key=value``,
+``--flag`` / ``--no-flag`` for booleans, ``--config FILE``), ``argparse_argv`` (the same
+``key=value`` spelling for the argparse tool commands), and the shared bases ``RunOptions`` (run
+folder, seed, training sources; every trainer) and ``TrainingOptions`` (what the engine's trainers
+add). Checks every trainer needs are written once, in those bases' ``validate``.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -16,7 +25,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "opt", "load_config", "config_help", "to_dict", "save_config"]
+__all__ = ["ConfigError", "CommandLine", "RunOptions", "TrainingOptions", "argparse_argv", "config_help",
+           "load_config", "opt", "parse_command_line", "save_config", "to_dict"]
 
 
 class ConfigError(ValueError):
@@ -101,28 +111,17 @@ def _coerce(name: str, value: Any, tp: Any, source: str) -> Any:
     return value
 
 
-def load_config(cls, files: list[str | Path] = (), overrides: list[str] = (), base: dict | None = None):
-    """Build ``cls`` from defaults ← ``base`` ← YAML ``files`` ← ``key=value`` ``overrides``.
+def unknown_option(key: str, known, owner: str) -> ConfigError:
+    """The error for an option ``owner`` does not have, naming the closest one it does."""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return ConfigError(f"unknown option {key!r} for {owner}{hint} (--help lists every option)")
 
-    Unknown keys are errors that list the known ones; every value is coerced to its annotated type.
-    """
-    ftypes = _field_types(cls)
-    values: dict[str, Any] = {}
 
-    def merge(mapping: dict, source: str):
-        for key, value in mapping.items():
-            key = key.replace("-", "_")
-            if key not in ftypes:
-                raise ConfigError(
-                    f"{source}: unknown option {key!r} for {cls.__name__}. "
-                    f"Known options: {', '.join(sorted(ftypes))}"
-                )
-            values[key] = _coerce(key, value, ftypes[key], source)
-
-    if base:
-        merge(base, "recipe")
-    for path in files:
-        path = Path(path)
+def read_option_files(files: list[str | Path]) -> list[tuple[str, dict]]:
+    """``(file name, {option: value})`` for each YAML file, in order."""
+    mappings = []
+    for path in map(Path, files):
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
         try:
@@ -131,12 +130,31 @@ def load_config(cls, files: list[str | Path] = (), overrides: list[str] = (), ba
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of option: value at the top level")
-        merge(data, str(path))
+        mappings.append((str(path), data))
+    return mappings
+
+
+def load_config(cls, files: list[str | Path] = (), overrides: list[str] = (), base: dict | None = None):
+    """Build ``cls`` from defaults ← ``base`` ← YAML ``files`` ← ``key=value`` ``overrides``.
+
+    Unknown keys are errors naming the closest known one; every value is coerced to its annotated
+    type; then ``validate()`` runs (the shared bases' checks first).
+    """
+    ftypes = _field_types(cls)
+    values: dict[str, Any] = {}
+    sources = [("recipe", base)] if base else []
+    sources += read_option_files(files)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value")
         key, value = item.split("=", 1)
-        merge({key.strip(): value}, "command line")
+        sources.append(("command line", {key.strip(): value}))
+    for source, mapping in sources:
+        for key, value in mapping.items():
+            key = key.replace("-", "_")
+            if key not in ftypes:
+                raise ConfigError(f"{source}: {unknown_option(key, ftypes, cls.__name__)}")
+            values[key] = _coerce(key, value, ftypes[key], source)
     try:
         config = cls(**values)
     except TypeError as e:
@@ -167,7 +185,8 @@ def config_help(cls) -> str:
         help_text = f.metadata.get("help", "")
         line = f"  {f.name} = {json.dumps(default) if not isinstance(default, str) else default}\n      {help_text}"
         groups.setdefault(f.metadata.get("group", "General"), []).append(line)
-    out = ["Options (set in a YAML file given with --config, or as key=value):"]
+    out = ["Options (in a YAML file given with --config FILE, or as key=value, --key value or --key=value;\n"
+           "a true/false option also as --key (true) or --no-key (false)):"]
     for group, lines in groups.items():
         out.append(f"\n{group}:")
         out.extend(lines)
@@ -175,7 +194,138 @@ def config_help(cls) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Command configs. Shared groups come first; each command adds its own fields.
+# The command line: one parser for every training command, one rewrite for every tool command
+
+KEY_VALUE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)=(.*)", re.S)   # key=value (the key an identifier)
+
+
+@dataclasses.dataclass
+class CommandLine:
+    """A training command's arguments, read without knowing its options yet.
+
+    ``options``: ``(key, value, spelling)`` in the order given; ``key`` with hyphens made
+    underscores, ``value`` None for a bare ``--flag``, ``spelling`` as typed (``--max-steps``,
+    ``max_steps``) for notes and errors."""
+
+    files: list[str]
+    options: list[tuple[str, str | None, str]]
+    wants_help: bool = False
+
+    def value(self, key: str) -> Any:
+        """The value given for ``key``: the last one on the command line, else the last config file's."""
+        given = [value for k, value, _ in self.options if k == key]
+        if given:
+            return given[-1]
+        in_files = [m[k] for _, m in read_option_files(self.files) for k in m if k.replace("-", "_") == key]
+        return in_files[-1] if in_files else None
+
+    def overrides(self, cls) -> list[str]:
+        """``key=value`` overrides for ``load_config(cls, …)``: a bare ``--flag`` is true and
+        ``--no-flag`` false where ``flag`` is a bool option of ``cls``."""
+        ftypes = _field_types(cls)
+        items = []
+        for key, value, spelling in self.options:
+            if value is None:
+                if ftypes.get(key) is bool:
+                    value = "true"
+                elif key.startswith("no_") and ftypes.get(key[3:]) is bool:
+                    key, value = key[3:], "false"
+                elif key in ftypes:
+                    raise ConfigError(f"{spelling}: give a value ({spelling} VALUE or {key}=VALUE)")
+                else:
+                    raise unknown_option(key, ftypes, cls.__name__)
+            items.append(f"{key}={value}")
+        return items
+
+
+def _is_option_value(token: str) -> bool:
+    return not token.startswith("--") and token != "-h" and not KEY_VALUE.fullmatch(token)
+
+
+def parse_command_line(argv: list[str]) -> CommandLine:
+    """Read ``key=value``, ``--key=value``, ``--key value`` and bare ``--flag`` options, ``--config
+    FILE`` (repeatable) and ``-h``/``--help``. ``--key`` takes the next token as its value unless
+    that is another option, so a bare ``--flag`` is followed by an option or nothing."""
+    files, options, wants_help = [], [], False
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if token in ("-h", "--help"):
+            wants_help = True
+            continue
+        if token.startswith("--"):
+            spelling, has_value, value = token.partition("=")
+            if not has_value:
+                value = None
+                if i < len(argv) and _is_option_value(argv[i]):
+                    value, i = argv[i], i + 1
+        elif match := KEY_VALUE.fullmatch(token):
+            spelling, value = match.groups()
+        else:
+            raise ConfigError(f"{token!r}: give options as key=value or --key value")
+        key = spelling.lstrip("-").replace("-", "_")
+        if key == "config":
+            if value is None:
+                raise ConfigError("--config: give a YAML file (--config FILE)")
+            files.append(value)
+        else:
+            options.append((key, value, spelling))
+    return CommandLine(files, options, wants_help)
+
+
+def _parser_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Every ``--option`` of ``parser`` and of its subcommands' parsers → its action."""
+    actions = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                actions.update(_parser_actions(subparser))
+        actions.update({s: action for s in action.option_strings if s.startswith("--")})
+    return actions
+
+
+def argparse_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` for an argparse ``parser`` with ``key=value`` spelt as its ``--key value`` (``some_key``
+    → ``--some-key``; a list option's value split at commas; ``flag=true`` for a switch, ``false``
+    drops it). Unknown options are errors naming the closest known one. Values of options (``--sft
+    lr=1e-5``) and arguments after ``--`` are left as they are."""
+    actions = _parser_actions(parser)
+    rewritten, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if token == "--":
+            return rewritten + argv[i - 1:]
+        match = KEY_VALUE.fullmatch(token)
+        if match:
+            key, value = match.groups()
+            flag = next((f for f in (f"--{key.replace('_', '-')}", f"--{key}") if f in actions), None)
+            if flag is None:
+                raise unknown_option(key, [f[2:].replace("-", "_") for f in actions], parser.prog)
+            action = actions[flag]
+            if action.nargs == 0:
+                rewritten += [flag] if _coerce(key, value, bool, "command line") else []
+            elif action.nargs in ("+", "*") or isinstance(action.nargs, int):
+                rewritten += [flag, *(v.strip() for v in value.strip("[]").split(",") if v.strip())]
+            else:
+                rewritten += [flag, value]
+            continue
+        rewritten.append(token)
+        if token.startswith("--"):
+            name = token.partition("=")[0]
+            known = [f for f in actions if f.startswith(name)]   # argparse takes unambiguous prefixes
+            if not known:
+                raise unknown_option(name, list(actions), parser.prog)
+            action = actions.get(name) or (actions[known[0]] if len(known) == 1 else None)
+            if "=" not in token and action is not None and action.nargs in (None, 1) and i < len(argv):
+                rewritten.append(argv[i])   # its value, as typed
+                i += 1
+    return rewritten
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared bases of the trainers' option dataclasses. Each command adds its own fields.
 # ---------------------------------------------------------------------------------------------
 
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -183,12 +333,26 @@ ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attent
 
 
 @dataclasses.dataclass
-class TrainingOptions:
-    """Options every trainer shares: run folder, optimisation, batching, checkpoints, logging."""
+class RunOptions:
+    """What every trainer has, whatever trains: a run folder, a seed and training sources (each
+    command gives ``data`` its type, default and help)."""
 
-    # Run
     out: str = opt("runs/run", "run folder: config, metrics.jsonl, checkpoints, final model, report", "Run")
     seed: int = opt(0, "seed for data order, initialisation and sampling", "Run")
+    data: Any = opt([], "training sources", "Data")
+
+    def validate(self):
+        if not str(self.out).strip():
+            raise ConfigError("out: give a run folder, e.g. out=runs/my-run")
+        if not self.data:
+            raise ConfigError("data: give at least one training source")
+
+
+@dataclasses.dataclass
+class TrainingOptions(RunOptions):
+    """Options every trainer on the engine shares: model, optimisation, batching, checkpoints, logging."""
+
+    # Run
     resume: bool = opt(True, "continue from the newest checkpoint in the run folder if there is one (the "
                        "config must match the folder's config.yaml, except max_steps and logging options)", "Run")
     overwrite: bool = opt(False, "start over in a used run folder: delete its checkpoints, metrics and samples "
@@ -231,8 +395,7 @@ class TrainingOptions:
     def validate(self):
         import math
 
-        if not str(self.out).strip():
-            raise ConfigError("out: give a run folder, e.g. out=runs/my-run")
+        super().validate()
         if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
             raise ConfigError(f"learning_rate={self.learning_rate}: must be a number > 0 (e.g. 2e-5)")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
@@ -259,31 +422,3 @@ class TrainingOptions:
                               f"{', '.join(ATTENTION_CHOICES)}")
         if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
             raise ConfigError(f"mixed_precision={self.mixed_precision!r}: choose auto, bf16, fp16 or no")
-
-
-SFT_REDUCTIONS = ("sum", "token_mean", "sequence_mean")
-
-
-@dataclasses.dataclass
-class SFTConfig(TrainingOptions):
-    """``posttrain sft``: supervised finetuning on ``messages`` rows, assistant tokens only."""
-
-    data: list[Any] = opt(["builtin:arithmetic_sft"], "training sources: a list of specs or "
-                          "{source, fraction|count, split} entries (see data/sources.py)", "Data")
-    eval_data: list[Any] = opt([], "held-out sources for eval loss (e.g. builtin:arithmetic_sft:test)", "Data")
-    max_length: int = opt(512, "tokens per row; longer conversations are truncated", "Data")
-    packing: bool = opt(True, "padding-free packing of several conversations per row", "Data")
-    loss_reduction: str = opt("sum", "sum (TÜLU 3), token_mean or sequence_mean; each invariant to "
-                              "gradient accumulation and process count", "Optimization")
-    chunked_loss: bool = opt(True, "run the LM head only on trained tokens, in chunks, with its gradient "
-                             "in the same pass: no full-vocabulary logits (plain path when the head is "
-                             "not a bias-free linear layer)", "Optimization")
-
-    def validate(self):
-        super().validate()
-        if self.loss_reduction not in SFT_REDUCTIONS:
-            raise ConfigError(f"loss_reduction={self.loss_reduction!r}: choose one of {', '.join(SFT_REDUCTIONS)}")
-        if not self.data:
-            raise ConfigError("data: give at least one training source")
-        if self.max_length < 2:
-            raise ConfigError(f"max_length={self.max_length}: must be >= 2 tokens")

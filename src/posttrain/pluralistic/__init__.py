@@ -91,11 +91,11 @@ RL stage here — the trained model is a per-user reward for the preference-tuni
 
 Run::
 
-    posttrain reward --model-type vpl --data builtin:pluralistic --out runs/vpl --encoder minilm
-    python -c "import sys, posttrain.pluralistic as p; sys.exit(p.main(sys.argv[1:]))" --help
+    posttrain reward model_type=vpl data=builtin:pluralistic out=runs/vpl encoder=minilm
+    posttrain reward model_type=vpl --help      # every option (VPLConfig in pluralistic/cli.py)
 """
 
-from posttrain.pluralistic.cli import build_parser, load_vpl, main, save_model
+from posttrain.pluralistic.cli import VPLConfig, load_vpl, main, run_vpl, save_model
 from posttrain.pluralistic.data import (
     LENGTH_FEATURE_COPIES, UserSet, embed_rows, group_users, pair_text, response_length_feature, stratified_context,
 )
@@ -111,9 +111,9 @@ from posttrain.pluralistic.training import TrainConfig, train_bt, train_vpl
 
 __all__ = [
     "ACQUISITIONS", "LENGTH_FEATURE_COPIES", "POOLINGS", "REWARD_HEADS", "BTRewardModel", "TrainConfig", "UserSet",
-    "VPLRewardModel", "active_learning_curve", "bald_score", "binary_entropy", "build_parser",
+    "VPLConfig", "VPLRewardModel", "active_learning_curve", "bald_score", "binary_entropy",
     "embed_rows", "evaluate_heldout", "expected_likelihood_reward", "group_users",
     "load_vpl", "main", "majority_flipped", "mlp", "pair_text", "preference_probs", "queries_to_reach",
-    "response_length_feature", "sample_z", "save_model", "select_query", "stratified_context", "train_bt",
+    "response_length_feature", "run_vpl", "sample_z", "save_model", "select_query", "stratified_context", "train_bt",
     "train_vpl", "variance_score", "vpl_user_accuracy",
 ]

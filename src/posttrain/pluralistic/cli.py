@@ -1,10 +1,17 @@
-"""Command line for ``posttrain reward --model-type vpl``: train, evaluate, save weights, plots and report."""
+"""``posttrain reward model_type=vpl``: train a pluralistic (per-user latent) reward model with
+variational preference learning (Poddar et al. 2024), compare it with a Bradley–Terry baseline on
+held-out users, and measure active query selection. Writes vpl.safetensors, bt.safetensors,
+metrics.json, plots and report.md to ``out``. ``VPLConfig`` holds the options, ``run_vpl`` runs.
+
+    posttrain reward model_type=vpl data=builtin:pluralistic out=runs/vpl encoder=minilm
+"""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -15,8 +22,51 @@ from torch import nn
 from posttrain.pluralistic.data import embed_rows, group_users
 from posttrain.pluralistic.evaluation import _split_heldout, active_learning_curve, evaluate_heldout, queries_to_reach
 from posttrain.pluralistic.model import ACQUISITIONS, POOLINGS, REWARD_HEADS, VPLRewardModel, expected_likelihood_reward
-from posttrain.pluralistic.training import TrainConfig, train_bt, train_vpl
+from posttrain.config import ConfigError, RunOptions, opt, to_dict
+from posttrain.data.formats import DataError
+from posttrain.pluralistic.training import CONTEXT_SAMPLERS, TrainConfig, train_bt, train_vpl
 from posttrain.reports import atomic_write_text
+
+
+@dataclasses.dataclass
+class VPLConfig(TrainConfig, RunOptions):
+    """``posttrain reward model_type=vpl``: the run options every trainer has (``RunOptions``), the
+    training options of ``train_vpl`` / ``train_bt`` (``TrainConfig``), and this command's data,
+    encoder and evaluation options."""
+
+    model_type: str = opt("vpl", "vpl: this trainer (bt: the Bradley–Terry reward model)", "Model")
+    out: str = opt("runs/vpl", "output folder: weights, metrics.json, plots, report.md", "Run")
+    data: str = opt("builtin:pluralistic", "builtin:pluralistic or a jsonl with user_id, prompt, chosen, rejected, "
+                    "role (train | context | eval), optional kind (contested_* | agreed)", "Data")
+    data_seed: int = opt(0, "seed of the built-in generator", "Data")
+    encoder: str = opt("minilm", "frozen text encoder: minilm, hash[:DIM] or a local folder", "Data")
+    length_feature: bool = opt(True, "append log(1 + words of the response) to the frozen embedding (see "
+                               "embed_rows)", "Data")
+    eval_context: int = opt(8, "context comparisons per held-out user", "Evaluation")
+    context_sampler: str = opt("stratified", "how a held-out user's context comparisons are drawn from their "
+                               "labelled pool: stratified (spread over pair kinds, see stratified_context) or "
+                               "random", "Evaluation")
+    eval_draws: int = opt(3, "independent context draws per held-out user", "Evaluation")
+    acquisition: str = opt("bald", "headline active query score: bald or variance (every score in the table is "
+                           "measured)", "Evaluation")
+    max_queries: int = opt(12, "queries per held-out user in the active-learning curves", "Evaluation")
+    stop_info: float = opt(0.01, "stop asking when no candidate's BALD score (expected information about z, "
+                           "nats) exceeds this", "Evaluation")
+    target_accuracy: float = opt(0.85, "contested accuracy a held-out user should reach", "Evaluation")
+    al_seeds: int = opt(3, "seeds per query strategy (random and active)", "Evaluation")
+
+    def validate(self):
+        super().validate()
+        choices = {"model_type": ("vpl",), "pooling": POOLINGS, "reward_head": REWARD_HEADS,
+                   "acquisition": tuple(sorted(ACQUISITIONS)), "context_sampler": CONTEXT_SAMPLERS,
+                   "train_context_sampler": CONTEXT_SAMPLERS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+        if min(self.epochs, self.batch_users, self.max_context, self.latent_dim, self.hidden, self.eval_draws,
+               self.al_seeds) < 1:
+            raise ConfigError("epochs, batch_users, max_context, latent_dim, hidden, eval_draws and al_seeds "
+                              "must be >= 1")
 
 # ---------------------------------------------------------------------------
 # Saving and report
@@ -31,7 +81,7 @@ def save_model(model: nn.Module, path: Path, metadata: dict) -> None:
 
 
 def load_vpl(path: str | Path) -> VPLRewardModel:
-    """Load ``vpl.safetensors`` written by ``main`` (config travels in the file's metadata)."""
+    """Load ``vpl.safetensors`` written by ``run_vpl`` (config travels in the file's metadata)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -92,15 +142,15 @@ def _plots(out: Path, vpl_hist, bt_hist, ev: dict, curves: dict, target: float, 
     return names
 
 
-def _report(out: Path, args, metrics: dict, figures: list[str]) -> str:
+def _report(out: Path, config: VPLConfig, metrics: dict, figures: list[str]) -> str:
     s = metrics["heldout"]
     al = metrics["active_learning"]
     n_q = len(next(iter(al["curves"].values()))["mean_curve"])
     per_draw = ", ".join(f"{x:.0%}" for x in s["frac_users_vpl_contested_ge_target_per_draw"])
     lines = [
         "# Pluralistic reward model (VPL) report", "",
-        f"Data `{args.data}`, encoder `{args.encoder}`"
-        f"{' + response-length feature' if args.length_feature else ''}, {metrics['n_train_users']} train users, "
+        f"Data `{config.data}`, encoder `{config.encoder}`"
+        f"{' + response-length feature' if config.length_feature else ''}, {metrics['n_train_users']} train users, "
         f"{metrics['n_heldout_users']} held-out users (disjoint users and prompt topics). VPL: best of "
         f"{len(metrics['vpl_restarts']['restart_final_losses'])} training runs by final training loss ("
         + ", ".join(f"{x:.3f}" for x in metrics["vpl_restarts"]["restart_final_losses"]) + ").", "",
@@ -121,9 +171,9 @@ def _report(out: Path, args, metrics: dict, figures: list[str]) -> str:
         "## Active query selection", "",
         f"Each held-out user starts with no answers; a strategy picks the next comparison from the user's "
         f"labelled pool (agreed and contested alike, kinds not shown to it) and gets the stored label. "
-        f"{metrics['n_heldout_users']} users × {args.al_seeds} seeds per strategy. Target: contested accuracy "
-        f"≥ {al['target']:.0%}; a user who never reaches it within {args.max_queries} queries counts "
-        f"{args.max_queries + 1}. Stop rule: largest BALD score over the pool < {args.stop_info} nats.", "",
+        f"{metrics['n_heldout_users']} users × {config.al_seeds} seeds per strategy. Target: contested accuracy "
+        f"≥ {al['target']:.0%}; a user who never reaches it within {config.max_queries} queries counts "
+        f"{config.max_queries + 1}. Stop rule: largest BALD score over the pool < {config.stop_info} nats.", "",
         "| strategy | " + " | ".join(f"q={q}" for q in range(n_q))
         + " | queries to target (mean curve) | **queries to target (mean over users)** | users reaching target "
         "| mean stop | accuracy at stop |",
@@ -156,103 +206,48 @@ def _load_rows(spec: str, seed: int) -> tuple[list[dict], list[dict]]:
     rows = [json.loads(line) for line in Path(spec).read_text().splitlines() if line.strip()]
     missing = {"user_id", "prompt", "chosen", "rejected", "role"} - set(rows[0]) if rows else {"rows"}
     if missing:
-        raise SystemExit(f"{spec}: missing columns {sorted(missing)} (need user_id, prompt, chosen, rejected, "
-                         "role ∈ train/context/eval); or use --data builtin:pluralistic")
+        raise DataError(f"{spec}: missing columns {sorted(missing)} (need user_id, prompt, chosen, rejected, "
+                        "role ∈ train/context/eval); or use data=builtin:pluralistic")
     return [r for r in rows if r["role"] == "train"], [r for r in rows if r["role"] in ("context", "eval")]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="posttrain reward --model-type vpl",
-        description="Train a pluralistic (per-user latent) reward model with variational preference learning "
-                    "(Poddar et al. 2024), compare it with a Bradley–Terry baseline on held-out users, and "
-                    "measure active query selection. Writes weights, metrics.json and report.md to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    g = p.add_argument_group("Data")
-    g.add_argument("--data", default="builtin:pluralistic",
-                   help="'builtin:pluralistic' or a jsonl with user_id, prompt, chosen, rejected, role "
-                        "(train | context | eval), optional kind (contested_* | agreed)")
-    g.add_argument("--data-seed", type=int, default=0, help="seed of the built-in generator")
-    g.add_argument("--encoder", default="minilm", help="frozen text encoder: 'minilm', 'hash[:DIM]' or a local folder")
-    g.add_argument("--out", required=True, help="output folder")
-    g.add_argument("--length-feature", action=argparse.BooleanOptionalAction, default=True,
-                   help="append log(1 + words of the response) to the frozen embedding (see embed_rows)")
-    g = p.add_argument_group("Model")
-    g.add_argument("--latent-dim", type=int, default=4)
-    g.add_argument("--hidden", type=int, default=128)
-    g.add_argument("--pooling", choices=list(POOLINGS), default="sum",
-                   help="pooling of the posterior encoder's per-comparison votes (attention: the paper's)")
-    g.add_argument("--reward-head", choices=list(REWARD_HEADS), default="bilinear",
-                   help="bilinear: g(e) + z.f(e); interact: MLP([e, z, e*Pz]); concat: MLP([e, z]) (paper)")
-    g.add_argument("--dropout", type=float, default=0.5, help="dropout on the response embedding in the reward head")
-    g = p.add_argument_group("Optimization")
-    g.add_argument("--epochs", type=int, default=50, help="passes over train users (context resampled every pass)")
-    g.add_argument("--batch-users", type=int, default=16)
-    g.add_argument("--lr", type=float, default=2e-3)
-    g.add_argument("--beta", type=float, default=0.01, help="KL weight of the ELBO")
-    g.add_argument("--kl-warmup", type=float, default=0.3, help="fraction of epochs over which the KL weight rises from 0 to --beta")
-    g.add_argument("--max-context", type=int, default=8, help="context sets have a random size in 1..max-context")
-    g.add_argument("--restarts", type=int, default=3,
-                   help="independent VPL runs; the one with the lowest final training loss is kept")
-    g.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("Evaluation")
-    g.add_argument("--eval-context", type=int, default=8, help="context comparisons per held-out user")
-    g.add_argument("--context-sampler", choices=["stratified", "random"], default="stratified",
-                   help="how the held-out user's context comparisons are drawn from their labelled pool "
-                        "(stratified: spread over pair kinds, see stratified_context)")
-    g.add_argument("--eval-draws", type=int, default=3, help="independent context draws per held-out user")
-    g.add_argument("--acquisition", choices=sorted(ACQUISITIONS), default="bald",
-                   help="headline active query score (every score in the table is measured)")
-    g.add_argument("--max-queries", type=int, default=12)
-    g.add_argument("--stop-info", type=float, default=0.01,
-                   help="stop asking when no candidate's BALD score (expected information about z, nats) exceeds this")
-    g.add_argument("--target-accuracy", type=float, default=0.85)
-    g.add_argument("--al-seeds", type=int, default=3, help="seeds per query strategy (random and active)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = Path(args.out)
+def run_vpl(config: VPLConfig, command: str = "posttrain reward model_type=vpl") -> None:
+    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
     # --- data and frozen embeddings
-    train_rows, heldout_rows = _load_rows(args.data, args.data_seed)
+    train_rows, heldout_rows = _load_rows(config.data, config.data_seed)
     ctx_rows, eval_rows = _split_heldout(heldout_rows)
     all_rows = train_rows + ctx_rows + eval_rows
-    chosen_ND, rejected_ND = embed_rows(all_rows, args.encoder, length_feature=args.length_feature)
+    chosen_ND, rejected_ND = embed_rows(all_rows, config.encoder, length_feature=config.length_feature)
     n1, n2 = len(train_rows), len(train_rows) + len(ctx_rows)
     train_users = group_users(train_rows, chosen_ND[:n1], rejected_ND[:n1])
     ctx_users = group_users(ctx_rows, chosen_ND[n1:n2], rejected_ND[n1:n2])
     eval_users = group_users(eval_rows, chosen_ND[n2:], rejected_ND[n2:])
     if ctx_users.user_ids != eval_users.user_ids:
-        raise SystemExit("every held-out user needs both context and eval rows")
+        raise DataError("every held-out user needs both context and eval rows")
     t_embed = time.time() - t0
-    print(f"embedded {2 * len(all_rows)} texts with {args.encoder} in {t_embed:.1f}s")
+    print(f"embedded {2 * len(all_rows)} texts with {config.encoder} in {t_embed:.1f}s")
 
     # --- train VPL and the Bradley–Terry baseline
-    cfg = TrainConfig(epochs=args.epochs, batch_users=args.batch_users, lr=args.lr, beta=args.beta,
-                      kl_warmup=args.kl_warmup, max_context=args.max_context, latent_dim=args.latent_dim,
-                      hidden=args.hidden, pooling=args.pooling, reward_head=args.reward_head,
-                      dropout=args.dropout, restarts=args.restarts, seed=args.seed)
+    cfg = TrainConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)})
     restarts: dict = {}
     vpl, vpl_hist = train_vpl(train_users, cfg, report=restarts)
     bt, bt_hist = train_bt(chosen_ND[:n1], rejected_ND[:n1], cfg)
 
     # --- evaluate on held-out users
-    ev = evaluate_heldout(vpl, bt, ctx_users, eval_users, args.eval_context, seed=args.seed,
-                          sampler=args.context_sampler, draws=args.eval_draws, target=args.target_accuracy)
-    strategies = [args.acquisition] + [a for a in sorted(ACQUISITIONS) if a != args.acquisition] + ["random"]
+    ev = evaluate_heldout(vpl, bt, ctx_users, eval_users, config.eval_context, seed=config.seed,
+                          sampler=config.context_sampler, draws=config.eval_draws, target=config.target_accuracy)
+    strategies = [config.acquisition] + [a for a in sorted(ACQUISITIONS) if a != config.acquisition] + ["random"]
     curves = {}
     for strategy in strategies:
-        reps = [active_learning_curve(vpl, ctx_users, eval_users, strategy, args.max_queries, args.stop_info,
-                                      seed=args.seed + 1 + i, target=args.target_accuracy) for i in range(args.al_seeds)]
+        reps = [active_learning_curve(vpl, ctx_users, eval_users, strategy, config.max_queries, config.stop_info,
+                                      seed=config.seed + 1 + i, target=config.target_accuracy) for i in range(config.al_seeds)]
         mean_curve = [sum(c) / len(c) for c in zip(*(r["mean_curve"] for r in reps))]
         curves[strategy] = {
             "strategy": strategy, "seeds": len(reps), "mean_curve": mean_curve,
-            "queries_to_target": queries_to_reach(mean_curve, args.target_accuracy),
+            "queries_to_target": queries_to_reach(mean_curve, config.target_accuracy),
             "per_user_queries_to_target": [q for r in reps for q in r["per_user_queries_to_target"]],
             **{k: sum(r[k] for r in reps) / len(reps) for k in (
                 "mean_user_queries_to_target", "frac_users_reaching_target", "mean_stop", "mean_accuracy_at_stop")},
@@ -263,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     for u in range(len(eval_users.user_ids)):
         cc, cr, _ = ctx_users.user(u)
         ec, er, _ = eval_users.user(u)
-        k = min(len(cc), args.eval_context)
+        k = min(len(cc), config.eval_context)
         mu, _ = vpl.posterior(cc[None, :k], cr[None, :k], torch.ones(1, k, dtype=torch.bool))
         e = torch.cat([ec, er])
         with torch.no_grad():
@@ -275,22 +270,22 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = {
         "heldout": ev["summary"], "per_user": ev["per_user"],
-        "active_learning": {"target": args.target_accuracy, "curves": curves},
+        "active_learning": {"target": config.target_accuracy, "curves": curves},
         "reward_scale": {"raw_range_mean": sum(raw_ranges) / len(raw_ranges), "raw_range_std": std(raw_ranges),
                          "scaled_range_mean": sum(scaled_ranges) / len(scaled_ranges), "scaled_range_std": std(scaled_ranges)},
         "vpl_restarts": restarts,
         "n_train_users": len(train_users.user_ids), "n_heldout_users": len(eval_users.user_ids),
-        "embed_seconds": t_embed, "total_seconds": time.time() - t0, "config": vars(args),
+        "embed_seconds": t_embed, "total_seconds": time.time() - t0, "config": to_dict(config), "command": command,
     }
 
     # --- save weights, metrics, report
-    meta = {**asdict(cfg), "embed_dim": int(chosen_ND.shape[-1]), "encoder": args.encoder,
-            "length_feature": args.length_feature}
+    meta = {**asdict(cfg), "embed_dim": int(chosen_ND.shape[-1]), "encoder": config.encoder,
+            "length_feature": config.length_feature}
     save_model(vpl, out / "vpl.safetensors", meta)
     save_model(bt, out / "bt.safetensors", meta)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    figures = _plots(out, vpl_hist, bt_hist, ev, curves, args.target_accuracy, args.max_queries)
-    atomic_write_text(out / "report.md", _report(out, args, metrics, figures))
+    figures = _plots(out, vpl_hist, bt_hist, ev, curves, config.target_accuracy, config.max_queries)
+    atomic_write_text(out / "report.md", _report(out, config, metrics, figures))
     s = ev["summary"]
     print(f"held-out contested: BT {s['bt_contested']:.1%}  VPL {s['vpl_contested']:.1%} "
           f"(agreed: BT {s['bt_agreed']:.1%}  VPL {s['vpl_agreed']:.1%}); VPL per user: "
@@ -300,7 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>8}: " + " ".join(f"{a:.2f}" for a in c["mean_curve"]) +
               f"  → queries to target: {c['mean_user_queries_to_target']:.2f} per user, mean curve q={c['queries_to_target']}")
     print(f"wrote {out / 'report.md'} ({time.time() - t0:.1f}s)")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m posttrain.pluralistic …``: the same as ``posttrain reward model_type=vpl …``."""
+    from posttrain.cli import main as posttrain_main
+
+    return posttrain_main(["reward", "model_type=vpl", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

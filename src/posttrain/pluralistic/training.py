@@ -6,29 +6,41 @@ from dataclasses import dataclass
 
 import torch
 
+from posttrain.config import opt
 from posttrain.pluralistic.data import UserSet
 from posttrain.losses.kl import gaussian_kl_to_standard
 from posttrain.losses.preference import bradley_terry_loss
 from posttrain.pluralistic.model import BTRewardModel, VPLRewardModel
 
 
+CONTEXT_SAMPLERS = ("stratified", "random")
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = 50
-    batch_users: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    beta: float = 0.01
-    kl_warmup: float = 0.3  # fraction of epochs over which β rises linearly from 0
-    max_context: int = 8
-    latent_dim: int = 4
-    hidden: int = 128
-    pooling: str = "sum"
-    reward_head: str = "bilinear"
-    dropout: float = 0.5
-    context_sampler: str = "stratified"  # train-time contexts: "stratified" (over pair kinds) or "random"
-    restarts: int = 3  # independent runs; the lowest final training loss is kept (see train_vpl)
-    seed: int = 0
+    """Training options of the VPL model and its Bradley–Terry baseline (``train_vpl``,
+    ``train_bt``); ``posttrain reward model_type=vpl`` sets them (``cli.VPLConfig`` adds the data,
+    encoder and evaluation options)."""
+
+    epochs: int = opt(50, "passes over train users (context sets resampled every pass); the Bradley–Terry "
+                      "baseline takes epochs / 4 passes over the pairs", "Optimization")
+    batch_users: int = opt(16, "users per optimizer step", "Optimization")
+    lr: float = opt(2e-3, "AdamW learning rate", "Optimization")
+    weight_decay: float = opt(1e-4, "AdamW weight decay", "Optimization")
+    beta: float = opt(0.01, "KL weight of the ELBO", "Optimization")
+    kl_warmup: float = opt(0.3, "share of epochs over which the KL weight rises linearly from 0 to beta", "Optimization")
+    max_context: int = opt(8, "training context sets have a random size in 1..max_context", "Optimization")
+    train_context_sampler: str = opt("stratified", "how training users' context sets are drawn: stratified "
+                                     "(spread over pair kinds, see stratified_context) or random", "Optimization")
+    restarts: int = opt(3, "independent VPL runs; the one with the lowest final training loss is kept", "Optimization")
+    latent_dim: int = opt(4, "dimensions of the user latent z", "Model")
+    hidden: int = opt(128, "hidden width of the encoder and reward MLPs", "Model")
+    pooling: str = opt("sum", "pooling of the posterior encoder's per-comparison votes: sum, mean or attention "
+                       "(the paper's)", "Model")
+    reward_head: str = opt("bilinear", "bilinear: g(e) + z·f(e); interact: MLP([e, z, e⊙Pz]); concat: MLP([e, z]) "
+                           "(the paper's)", "Model")
+    dropout: float = opt(0.5, "dropout on the response embedding in the reward head", "Model")
+    seed: int = opt(0, "seed of initialisation, context sets and restarts (restart r uses seed + 1000·r)", "Run")
 
 
 def train_vpl(users: UserSet, cfg: TrainConfig, report: dict | None = None) -> tuple[VPLRewardModel, list[float]]:
@@ -58,7 +70,7 @@ def _train_vpl_once(users: UserSet, cfg: TrainConfig, seed: int) -> tuple[VPLRew
     flat_MD = torch.cat([users.chosen_UND[users.valid_UN], users.rejected_UND[users.valid_UN]])
     model.shift.copy_(flat_MD.mean(0))
     model.scale.copy_(flat_MD.std(0).clamp(min=1e-3))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     U, N = users.valid_UN.shape
     K = cfg.max_context
     kind_UN, contested_UN = users.kind_UN, users.contested_UN
@@ -74,7 +86,7 @@ def _train_vpl_once(users: UserSet, cfg: TrainConfig, seed: int) -> tuple[VPLRew
             B = len(b)
             # Random order with valid comparisons first; first k are context, the rest targets.
             key_BN = torch.rand(B, N, generator=g)
-            if cfg.context_sampler == "stratified" and kind_UN is not None:
+            if cfg.train_context_sampler == "stratified" and kind_UN is not None:
                 # Round-robin over pair kinds (stratified_context, vectorised): sort by the rank of a
                 # comparison within its kind, contested kinds before agreed ones at equal rank.
                 kind_BN = kind_UN[b]
@@ -95,9 +107,9 @@ def _train_vpl_once(users: UserSet, cfg: TrainConfig, seed: int) -> tuple[VPLRew
             nll_BN, _ = bradley_terry_loss(model.reward(c_BND, z_BZ[:, None]), model.reward(r_BND, z_BZ[:, None]))
             nll_B = (nll_BN * target_BN).sum(1) / target_BN.sum(1).clamp(min=1)
             loss = (nll_B + beta * gaussian_kl_to_standard(mu_BZ, logvar_BZ)).mean()
-            opt.zero_grad()
+            optimizer.zero_grad()
             loss.backward()
-            opt.step()
+            optimizer.step()
             epoch_loss += loss.item() * B
         history.append(epoch_loss / U)
     return model.eval(), history
@@ -108,7 +120,7 @@ def train_bt(chosen_ND: torch.Tensor, rejected_ND: torch.Tensor, cfg: TrainConfi
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = BTRewardModel(chosen_ND.shape[-1], cfg.hidden)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n, bs = len(chosen_ND), 256
     history = []
     for _ in range(max(1, cfg.epochs // 4)):  # ~same number of steps as VPL (more rows per epoch)
@@ -117,9 +129,9 @@ def train_bt(chosen_ND: torch.Tensor, rejected_ND: torch.Tensor, cfg: TrainConfi
         for start in range(0, n, bs):
             i = perm[start : start + bs]
             loss = bradley_terry_loss(model.reward(chosen_ND[i]), model.reward(rejected_ND[i]))[0].mean()
-            opt.zero_grad()
+            optimizer.zero_grad()
             loss.backward()
-            opt.step()
+            optimizer.step()
             total += loss.item() * len(i)
         history.append(total / n)
     return model.eval(), history

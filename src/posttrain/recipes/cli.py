@@ -8,7 +8,7 @@ import argparse
 from posttrain.recipes.runner import RECIPES_DIR, list_recipes, run, show
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posttrain recipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
@@ -18,7 +18,11 @@ def main(argv: list[str]) -> int:
     p_run = sub.add_parser("run", help="run a recipe end to end (resumable)")
     p_run.add_argument("name", help="recipe name (see `posttrain recipe list`) or a YAML file")
     p_run.add_argument("--out", required=True, help="run folder, e.g. runs/tulu3-mini")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     if args.action == "list":
         for recipe in list_recipes():
             first = (RECIPES_DIR / f"{recipe}.yaml").read_text().splitlines()[0].lstrip("# ")

@@ -93,8 +93,6 @@ class DPOConfig(PreferenceOptions):
         if not 0 < self.max_prompt_length < self.max_length:
             raise ConfigError(f"max_prompt_length={self.max_prompt_length} must lie in (0, max_length="
                               f"{self.max_length}) so every response keeps some tokens")
-        if not self.data:
-            raise ConfigError("data: give at least one training source")
 
 
 def loss_keywords(loss_type: str) -> set[str]:

@@ -49,7 +49,7 @@ def preflight(options: TrainingOptions) -> Path:
 
 
 def _is_sft(options) -> bool:
-    from posttrain.config import SFTConfig
+    from posttrain.train.sft import SFTConfig
 
     return isinstance(options, SFTConfig)
 

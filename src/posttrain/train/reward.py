@@ -20,7 +20,8 @@ evaluate the saved model with ``posttrain.rewards.reward_model`` (``RewardModelS
 ``pairwise_accuracy``, ``reward_model`` for RL).
 
 Departure: no LoRA yet (``lora_rank`` must be 0). ``model_type=vpl`` (per-user latent reward
-models) is a different trainer: ``posttrain reward --model-type vpl``.
+models) trains with another trainer and its own options: ``posttrain reward model_type=vpl``
+(``posttrain.pluralistic.cli``: ``VPLConfig``, ``run_vpl``).
 
     posttrain reward model=minilm learning_rate=5e-5 max_steps=150
     posttrain reward learning_rate=1e-5 max_steps=100 center_rewards_coefficient=0.01
@@ -37,12 +38,15 @@ from posttrain.train.preference import PreferenceOptions
 from posttrain.losses.preference import bradley_terry_loss
 
 
+MODEL_TYPES = ("bt", "vpl")
+
+
 @dataclasses.dataclass
 class RewardConfig(PreferenceOptions):
     """``posttrain reward``: a Bradley–Terry reward model on preference pairs."""
 
-    model_type: str = opt("bt", "bt: Bradley–Terry (this trainer); vpl: `posttrain reward --model-type vpl`",
-                          "Model")
+    model_type: str = opt("bt", "bt: Bradley–Terry (this trainer); vpl: a pluralistic (per-user latent) reward "
+                          "model, another trainer with the options listed under model_type=vpl", "Model")
     model: str = opt("smollm2-135m-instruct", "backbone: hub id, local folder, .gguf, smollm2-135m-instruct, "
                      "or minilm (the all-MiniLM-L6-v2 encoder)", "Model")
     trainable_layers: int = opt(0, "train only the top N transformer blocks (+ final norm and score head); "
@@ -55,11 +59,11 @@ class RewardConfig(PreferenceOptions):
                                             "Reward")
 
     def validate(self):
-        if self.model_type == "vpl":
-            raise ConfigError("model_type=vpl is the pluralistic (per-user latent) reward model: run "
-                              "`posttrain reward --model-type vpl` (posttrain.pluralistic)")
-        if self.model_type != "bt":
+        if self.model_type not in MODEL_TYPES:
             raise ConfigError(f"model_type={self.model_type!r}: choose bt (Bradley–Terry) or vpl")
+        if self.model_type == "vpl":
+            raise ConfigError("model_type=vpl has options of its own (posttrain.pluralistic.cli.VPLConfig): "
+                              "run `posttrain reward model_type=vpl`, which loads them")
         super().validate()
         if self.lora_rank > 0:
             raise ConfigError("reward models train all weights here: set lora_rank=0")
@@ -69,8 +73,6 @@ class RewardConfig(PreferenceOptions):
             raise ConfigError(f"max_prompt_length={self.max_prompt_length} must lie in (0, max_length={self.max_length})")
         if self.trainable_layers < 0:
             raise ConfigError("trainable_layers must be >= 0 (0 = train every weight)")
-        if not self.data:
-            raise ConfigError("data: give at least one training source")
 
 
 def reward_step(config: RewardConfig):

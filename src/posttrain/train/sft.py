@@ -11,9 +11,12 @@ Data type: ``messages`` rows. Conversations are packed padding-free by default.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 
-from posttrain.config import SFTConfig
+from posttrain.config import ConfigError, TrainingOptions, opt
 from posttrain.data import DataError, mix_sources
 from posttrain.data.sft import SFTBatches, tokenize_sft
 from posttrain.data.packing import sequence_ids
@@ -22,6 +25,32 @@ from posttrain.losses.sft import IGNORE_INDEX, sft_normalizer, sft_token_weights
 from posttrain.train.common import load_policy, log, prepare_run
 from posttrain.train.engine import Engine
 from posttrain.models.lm_head import labelled_head_inputs
+
+
+SFT_REDUCTIONS = ("sum", "token_mean", "sequence_mean")
+
+
+@dataclasses.dataclass
+class SFTConfig(TrainingOptions):
+    """``posttrain sft``: supervised finetuning on ``messages`` rows, assistant tokens only."""
+
+    data: list[Any] = opt(["builtin:arithmetic_sft"], "training sources: a list of specs or "
+                          "{source, fraction|count, split} entries (see data/sources.py)", "Data")
+    eval_data: list[Any] = opt([], "held-out sources for eval loss (e.g. builtin:arithmetic_sft:test)", "Data")
+    max_length: int = opt(512, "tokens per row; longer conversations are truncated", "Data")
+    packing: bool = opt(True, "padding-free packing of several conversations per row", "Data")
+    loss_reduction: str = opt("sum", "sum (TÜLU 3), token_mean or sequence_mean; each invariant to "
+                              "gradient accumulation and process count", "Optimization")
+    chunked_loss: bool = opt(True, "run the LM head only on trained tokens, in chunks, with its gradient "
+                             "in the same pass: no full-vocabulary logits (plain path when the head is "
+                             "not a bias-free linear layer)", "Optimization")
+
+    def validate(self):
+        super().validate()
+        if self.loss_reduction not in SFT_REDUCTIONS:
+            raise ConfigError(f"loss_reduction={self.loss_reduction!r}: choose one of {', '.join(SFT_REDUCTIONS)}")
+        if self.max_length < 2:
+            raise ConfigError(f"max_length={self.max_length}: must be >= 2 tokens")
 
 
 def weighted_token_nll(model, batch: dict, weights_BT: torch.Tensor, chunked: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,8 +112,6 @@ class RLConfig(TrainingOptions):
         if type(self) is not RLConfig and self.algorithm != fixed:
             raise ConfigError(f"algorithm={self.algorithm!r}: this command runs {fixed}; use `posttrain "
                               f"{self.algorithm}` for {self.algorithm}")
-        if not self.data:
-            raise ConfigError("data: give at least one training source")
         if not self.reward:
             raise ConfigError("reward: give at least one component, e.g. [{verifier: auto}]")
         if self.prompts_per_step < 1 or self.group_size < 1:
