@@ -1,4 +1,4 @@
-"""The RL algorithm registry and the algorithms added through it (GSPO):
+"""The RL algorithm registry and the algorithms added through it (GSPO, CISPO):
 every spec resolves and is what the command line, config checks and recipes read; each new
 loss / advantage estimator against a hand-worked 2 sequences × 3 tokens example (value and
 gradient); each new command run as a user would start it, on the tiny test model."""
@@ -119,11 +119,45 @@ def test_gspo_clips_whole_sequences():
 
 
 # --------------------------------------------------------------------------------------------
+# CISPO
+
+
+def test_cispo_loss_and_gradient_by_hand():
+    """Ratios (1: 2, 1, 0.5) and (2: 1.1, 1.5, pad), advantages (+1, -1), ε_low = 1 (no lower
+    bound), ε_high = 0.28: the weights sg(clip(r)) are (1.28, 1, 0.5) and (1.1, 1.28).
+
+    ℓ = -w·A·log π:  1: -1.28·ln 2 = -0.887228, 0, -0.5·ln 0.5 = 0.346574;
+                     2: 1.1·ln 1.1 = 0.104841, 1.28·ln 1.5 = 0.518995.
+    ``dapo``: Σ / 5 tokens = 0.083182 / 5 = 0.016636. Gradient -w·A/5: (-0.256, -0.2, -0.1) and
+    (0.22, 0.256, 0) — the clipped tokens (ratio 2 and 1.5) keep a gradient, where PPO's
+    min(ρA, clip(ρ)A) gives the first token of 1 none (ρ = 2 > 1.28 with A > 0)."""
+    from posttrain.losses.policy import clipped_policy_loss
+    from posttrain.train.rl.algorithms.cispo import cispo_policy_loss
+
+    ln = math.log
+    logps = log_ratios([ln(2.0), 0.0, ln(0.5)], [ln(1.1), ln(1.5), 0.0])
+    advantages = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    loss, diag = cispo_policy_loss(logps, torch.zeros_like(logps), advantages, MASK, clip_low=1.0, clip_high=0.28)
+    loss.backward()
+    expected = (-1.28 * ln(2.0) - 0.5 * ln(0.5) + 1.1 * ln(1.1) + 1.28 * ln(1.5)) / 5
+    close(loss, expected)
+    assert float(loss.detach()) == pytest.approx(0.016636, abs=1e-6)
+    close(logps.grad, [[-1.28 / 5, -1.0 / 5, -0.5 / 5], [1.1 / 5, 1.28 / 5, 0.0]])
+    close(diag["clip_fraction"], 2 / 5)
+
+    ppo_logps = logps.detach().clone().requires_grad_(True)
+    clipped_policy_loss(ppo_logps, torch.zeros_like(ppo_logps), advantages, MASK, 1.0, 0.28,
+                        aggregation="dapo")[0].backward()
+    assert float(ppo_logps.grad[0, 0]) == 0.0
+
+
+# --------------------------------------------------------------------------------------------
 # Each new command as a user starts it, on the tiny model
 
 
 @pytest.mark.parametrize("command,extra", [
     ("gspo", {}),
+    ("cispo", {"num_minibatches": 2}),          # off-policy second update: the IS weight moves
 ])
 def test_new_commands_train_the_tiny_model(command, extra, tiny_model_dir, tmp_path):
     from posttrain.cli import main
@@ -141,3 +175,4 @@ def test_new_commands_train_the_tiny_model(command, extra, tiny_model_dir, tmp_p
     assert sum(not torch.equal(before[k], after[k]) for k in before) > 0
     record = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "reward_mean" in line][0]
     assert math.isfinite(record["loss"]) and 0.0 <= record["clip_fraction"] <= 1.0
+

@@ -47,6 +47,9 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {spec.name: spec for spec in (
     AlgorithmSpec("gspo", "GSPO: sequence-level importance ratio and clip on group advantages (Zheng et al. 2025)",
                   f"{_HERE}.gspo:GSPOConfig", f"{_HERE}.grpo:grpo_advantages", f"{_HERE}.gspo:gspo_policy_loss",
                   group_based=True),
+    AlgorithmSpec("cispo", "CISPO: clipped stop-gradient IS weights, every token keeps its gradient (MiniMax-M1)",
+                  f"{_HERE}.cispo:CISPOConfig", f"{_HERE}.grpo:grpo_advantages", f"{_HERE}.cispo:cispo_policy_loss",
+                  group_based=True),
 )}
 
 
