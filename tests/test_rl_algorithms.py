@@ -1,4 +1,4 @@
-"""The RL algorithm registry and the algorithms added through it (GSPO, CISPO):
+"""The RL algorithm registry and the algorithms added through it (GSPO, CISPO, REINFORCE++):
 every spec resolves and is what the command line, config checks and recipes read; each new
 loss / advantage estimator against a hand-worked 2 sequences × 3 tokens example (value and
 gradient); each new command run as a user would start it, on the tiny test model."""
@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -152,12 +153,70 @@ def test_cispo_loss_and_gradient_by_hand():
 
 
 # --------------------------------------------------------------------------------------------
+# REINFORCE++
+
+
+def reinforce_pp_batch():
+    """KL_t = log π_old - log π_ref of (0.2, 0, 0.4) and (0.2, 0.2, pad); scores (1, 0)."""
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.5, 0.0]], dtype=torch.float64)
+    ref = old - torch.tensor([[0.2, 0.0, 0.4], [0.2, 0.2, 0.0]], dtype=torch.float64)
+    return torch.tensor([1.0, 0.0], dtype=torch.float64), {"old_logps": old, "ref_logps": ref, "mask": MASK}
+
+
+def test_reinforce_pp_advantages_by_hand():
+    """β = 0.5, k1 KL in the reward. Token rewards -β·KL_t, the score on the last token:
+    1: (-0.1, 0, -0.2 + 1 = 0.8), 2: (-0.1, -0.1 + 0, pad). Returns-to-go: 1: (0.7, 0.8, 0.8),
+    2: (-0.2, -0.1). Whitened over the 5 tokens of the batch: mean 2.0/5 = 0.4, deviations
+    (0.3, 0.4, 0.4, -0.6, -0.5), unbiased variance 1.02/4 = 0.255, so A = deviation / √0.255
+    = (0.594089, 0.792118, 0.792118, -1.188177, -0.990148). (The 1e-8 guard in the root moves
+    them by < 1e-7.)"""
+    from posttrain.train.rl.algorithms.reinforce_pp import ReinforcePPConfig, reinforce_pp_advantages
+
+    scores, batch = reinforce_pp_batch()
+    config = load_config(ReinforcePPConfig, overrides=["beta=0.5"])
+    adv = reinforce_pp_advantages(scores, batch, config)
+    std = math.sqrt(0.255)
+    close(adv.advantages, [[0.3 / std, 0.4 / std, 0.4 / std], [-0.6 / std, -0.5 / std, 0.0]], atol=1e-7)
+    assert adv.keep.tolist() == [True, True]
+
+
+def test_reinforce_pp_normalises_over_the_global_batch():
+    """Each row on its own "process" (two threads whose ``reduce_sum`` adds both lists, as
+    ``Engine.all_reduce_sum`` does): the same advantages as the whole batch in one."""
+    from posttrain.train.rl.algorithms.reinforce_pp import ReinforcePPConfig, reinforce_pp_advantages
+
+    scores, batch = reinforce_pp_batch()
+    config = load_config(ReinforcePPConfig, overrides=["beta=0.5"])
+    whole = reinforce_pp_advantages(scores, batch, config).advantages
+    barrier, posted, results = threading.Barrier(2), [None, None], [None, None]
+
+    def run(rank):
+        def reduce_sum(values):
+            posted[rank] = values
+            barrier.wait()
+            total = [a + b for a, b in zip(*posted)]
+            barrier.wait()   # both have read before either posts again
+            return total
+
+        part = {key: value[rank:rank + 1] for key, value in batch.items()}
+        results[rank] = reinforce_pp_advantages(scores[rank:rank + 1], part, config, reduce_sum=reduce_sum).advantages
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    close(torch.cat(results), whole)
+
+
+# --------------------------------------------------------------------------------------------
 # Each new command as a user starts it, on the tiny model
 
 
 @pytest.mark.parametrize("command,extra", [
     ("gspo", {}),
     ("cispo", {"num_minibatches": 2}),          # off-policy second update: the IS weight moves
+    ("reinforce_pp", {}),
 ])
 def test_new_commands_train_the_tiny_model(command, extra, tiny_model_dir, tmp_path):
     from posttrain.cli import main
@@ -175,4 +234,6 @@ def test_new_commands_train_the_tiny_model(command, extra, tiny_model_dir, tmp_p
     assert sum(not torch.equal(before[k], after[k]) for k in before) > 0
     record = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "reward_mean" in line][0]
     assert math.isfinite(record["loss"]) and 0.0 <= record["clip_fraction"] <= 1.0
+    if command == "reinforce_pp":   # β = 0.01 by default: a reference model and the KL are there
+        assert record["kl"] == pytest.approx(0.0, abs=1e-6) and record["beta"] == 0.01
 

@@ -50,6 +50,8 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {spec.name: spec for spec in (
     AlgorithmSpec("cispo", "CISPO: clipped stop-gradient IS weights, every token keeps its gradient (MiniMax-M1)",
                   f"{_HERE}.cispo:CISPOConfig", f"{_HERE}.grpo:grpo_advantages", f"{_HERE}.cispo:cispo_policy_loss",
                   group_based=True),
+    AlgorithmSpec("reinforce_pp", "REINFORCE++: no critic, token-level KL in the reward, globally normalised returns",
+                  f"{_HERE}.reinforce_pp:ReinforcePPConfig", f"{_HERE}.reinforce_pp:reinforce_pp_advantages"),
 )}
 
 
