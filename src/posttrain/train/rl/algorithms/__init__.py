@@ -6,21 +6,8 @@ options, its advantage estimator, its policy loss, whether it compares completio
 prompt's group, and which extra models it trains or reads (value model, NLPO masking policy).
 The trainer, the config checks, ``posttrain <command>`` and the recipes all read this table.
 
-=========  ==================================================  ================================
-algorithm  advantage                                           departures
-=========  ==================================================  ================================
-grpo       (r - mean_group) / std_group, one per sequence       zero-variance groups dropped
-           (Shao et al. 2024, §4.1.2; ``center`` = Dr. GRPO)    (DAPO's dynamic sampling without
-                                                                refill); KL k3 in the loss
-rloo       r - mean of the other k-1 rewards (Ahmadian et al.   sequence-level, no value model
-           2024)
-ppo        GAE on per-token rewards: -β·KL_t on every token,    separate value model (policy
-           + the score on the last one (Ziegler et al. 2019);   weights + fresh scalar head, or
-           whitened; clipped value loss                         a reward model as in TÜLU 3)
-nlpo       as ppo, with logits masked to the top-p tokens of a  mask policy refreshed every
-           periodically refreshed policy copy (Ramamurthy et    ``mask_refresh_steps`` rollout
-           al. 2023)                                            steps
-=========  ==================================================  ================================
+Each file's docstring gives its objective with the paper's equations, its defaults and where it
+departs from the paper; docs/rl.md has the table of all of them.
 
 Adding an algorithm: one file here (its config dataclass, its advantage estimator and/or policy
 loss as pure functions, with the paper's equations) and one entry below.
