@@ -60,6 +60,19 @@ def test_tool_command_takes_key_value_options(tmp_path):
     assert reports[0] == reports[1] and reports[0]["rows"] == 6
 
 
+def test_tool_key_values_leave_option_values_alone():
+    """``--sft learning_rate=1e-5`` is a value of ``--sft`` (an SFT override), not an option of merge."""
+    from posttrain.config import argparse_argv
+    from posttrain.merging.cli import build_parser
+
+    argv = argparse_argv(build_parser(), ["add-skill", "--sft", "learning_rate=1e-5", "general=m", "skill_data=a,b",
+                                          "out=o", "no_progress=true", "overwrite=false"])
+    assert argv == ["add-skill", "--sft", "learning_rate=1e-5", "--general", "m", "--skill-data", "a", "b",
+                    "--out", "o", "--no-progress"]
+    args = build_parser().parse_args(argv)
+    assert (args.sft, args.skill_data, args.no_progress) == (["learning_rate=1e-5"], ["a", "b"], True)
+
+
 def test_help_lists_the_options_of_every_trainer_a_command_runs(capsys):
     assert main(["reward", "--help"]) == 0
     out = capsys.readouterr().out

@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: posttrain <command> [options]\n\nCommands:")
         for name, summary in commands.items():
             print(f"  {name.ljust(width)}  {summary}")
-        print("\nRun `posttrain <command> --help` for a command's options.")
+        print("\nRun `posttrain <command> --help` for a command's options; every command takes them as "
+              "key=value or --key value.")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in commands:
