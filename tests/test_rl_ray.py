@@ -83,6 +83,9 @@ def test_async_ray_grpo_learns_arithmetic_on_the_embedded_model(tmp_path):
     finally:
         ray.shutdown()
     records = [r for r in read_metrics(tmp_path / "run") if "reward_mean" in r]
+    print("\nstep staleness reward_mean gap_max tis_weight_mean: " + "; ".join(
+        f"{r['step']} {r['rollout/staleness']} {r['reward_mean']:.3f} {r['rollout/logprob_abs_diff_max']:.2e} "
+        f"{r.get('rollout/tis_weight_mean', float('nan')):.3f}" for r in records))
     assert max(r["rollout/staleness"] for r in records) <= 1
     rewards = [r["reward_mean"] for r in records]
     assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4, rewards
