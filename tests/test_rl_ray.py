@@ -67,10 +67,11 @@ def test_async_ray_run_stays_within_its_staleness_bound(cluster, tiny_model_dir,
 
 @pytest.mark.experiment
 def test_async_ray_grpo_learns_arithmetic_on_the_embedded_model(tmp_path):
-    """The issue's acceptance run (minutes on CPU; `make test-experiments`): GRPO on single-digit
-    arithmetic with the embedded model, two rollout workers generating one policy version ahead
-    (async_steps=1, TIS capped at 2) on a local Ray cluster; the reward rises and the staleness
-    stays within its bound."""
+    """The issue's acceptance run (`make test-experiments`; 17.7 min on the 2-core CPU under other
+    agents' load, 2026-12-05): GRPO on single-digit arithmetic with the embedded model, two rollout
+    workers generating one policy version ahead (async_steps=1, TIS capped at 2) on a local Ray
+    cluster; the reward rises (then: 0.32 mean over steps 1–4, 0.54 over steps 13–16) and the
+    staleness stays within its bound (0 at step 1, 1 after)."""
     from posttrain.train.rl.trainer import run_rl
 
     ray.init(num_cpus=2, include_dashboard=False)

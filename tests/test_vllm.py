@@ -183,7 +183,8 @@ def report(name, records):
 @pytest.mark.experiment
 def test_colocated_vllm_grpo_on_the_embedded_model(tmp_path):
     """The issue's check on the real 135M model in fp32: three GRPO steps with the engine in the
-    training process, gap ≤ 1e-3 after every sync (`make test-experiments`)."""
+    training process, gap ≤ 1e-3 after every sync (`make test-experiments`; 2026-12-05: max gaps
+    4.1e-5, 4.7e-5, 4.2e-5, 4 min on the loaded 2-core CPU)."""
     records = run_grpo("smollm2-135m-instruct", tmp_path / "run", rollout_backend="vllm", **EMBEDDED)
     report("colocated", records)
     assert_synced(records)
@@ -192,7 +193,8 @@ def test_colocated_vllm_grpo_on_the_embedded_model(tmp_path):
 @pytest.mark.experiment
 def test_vllm_server_grpo_on_the_embedded_model(tmp_path):
     """The same with a `vllm serve` process on the embedded model (its folder as the server loads
-    it), weights reloaded from the shared folder after every update."""
+    it), weights reloaded from the shared folder after every update (2026-12-05: the same gaps as
+    in-process, 6 min)."""
     from posttrain.models import resolve_model_path
 
     with serve(resolve_model_path("smollm2-135m-instruct"), tmp_path / "serve.log", "--max-model-len", "512",
