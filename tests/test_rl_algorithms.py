@@ -237,3 +237,17 @@ def test_new_commands_train_the_tiny_model(command, extra, tiny_model_dir, tmp_p
     if command == "reinforce_pp":   # β = 0.01 by default: a reference model and the KL are there
         assert record["kl"] == pytest.approx(0.0, abs=1e-6) and record["beta"] == 0.01
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["gspo", "cispo", "reinforce_pp"])
+def test_new_commands_on_the_embedded_model(command, tmp_path):
+    """Two steps of each new command on SmolLM2-135M-Instruct, started as a user starts it."""
+    out = tmp_path / command
+    argv = [sys.executable, "-m", "posttrain.cli", command, f"out={out}", "max_steps=2", "prompts_per_step=2",
+            "group_size=4", "max_new_tokens=32", "learning_rate=1e-5", "eval_size=16", "save_samples=0"]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "reward_mean" in r]
+    assert [r["step"] for r in train] == [1, 2] and all(math.isfinite(r["loss"]) for r in train)
+    assert len([r for r in records if "eval_accuracy" in r]) == 2   # step 0 and the end
