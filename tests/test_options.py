@@ -73,6 +73,19 @@ def test_tool_key_values_leave_option_values_alone():
     assert (args.sft, args.skill_data, args.no_progress) == (["learning_rate=1e-5"], ["a", "b"], True)
 
 
+def test_tool_key_values_inside_a_list_of_values_stay_values():
+    """``--eval humaneval gsm8k=FILE``: ``gsm8k=FILE`` is the third value of ``--eval`` (an eval set
+    read from a file), as argparse reads it, not an option; ``threshold=0.5`` after the next flag is."""
+    from posttrain.config import argparse_argv
+    from posttrain.decontamination.cli import build_parser
+
+    argv = argparse_argv(build_parser(), ["--train", "a.jsonl", "--eval", "humaneval", "ifeval_builtin",
+                                          "gsm8k=g.jsonl", "--ngram", "8", "threshold=0.5"])
+    assert argv == ["--train", "a.jsonl", "--eval", "humaneval", "ifeval_builtin", "gsm8k=g.jsonl",
+                    "--ngram", "8", "--threshold", "0.5"]
+    assert build_parser().parse_args(argv).eval == ["humaneval", "ifeval_builtin", "gsm8k=g.jsonl"]
+
+
 def test_help_lists_the_options_of_every_trainer_a_command_runs(capsys):
     assert main(["reward", "--help"]) == 0
     out = capsys.readouterr().out

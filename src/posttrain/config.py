@@ -289,15 +289,19 @@ def argparse_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]
     """``argv`` for an argparse ``parser`` with ``key=value`` spelt as its ``--key value`` (``some_key``
     → ``--some-key``; a list option's value split at commas; ``flag=true`` for a switch, ``false``
     drops it). Unknown options are errors naming the closest known one. Values of options (``--sft
-    lr=1e-5``) and arguments after ``--`` are left as they are."""
+    lr=1e-5``, every value of a several-valued option: ``--eval humaneval gsm8k=FILE``) and arguments
+    after ``--`` are left as they are."""
     actions = _parser_actions(parser)
     rewritten, i = [], 0
+    taking_values = False   # after an option of several values (--eval a b gsm8k=FILE): all its own
     while i < len(argv):
         token = argv[i]
         i += 1
         if token == "--":
             return rewritten + argv[i - 1:]
-        match = KEY_VALUE.fullmatch(token)
+        if token.startswith("-"):
+            taking_values = False
+        match = None if taking_values else KEY_VALUE.fullmatch(token)
         if match:
             key, value = match.groups()
             flag = next((f for f in (f"--{key.replace('_', '-')}", f"--{key}") if f in actions), None)
@@ -321,6 +325,8 @@ def argparse_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]
             if "=" not in token and action is not None and action.nargs in (None, 1) and i < len(argv):
                 rewritten.append(argv[i])   # its value, as typed
                 i += 1
+            taking_values = "=" not in token and action is not None and (
+                action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1))
     return rewritten
 
 
