@@ -45,7 +45,7 @@ def _step(trainer: str, model, rows: int, tokens: int, chunked: bool, vocab: int
         step = sft_step("sum", chunked_loss=chunked)
         return lambda: step(model, batch)[0].backward()
     if trainer == "dpo":   # rows pairs: a prompt of tokens/2, chosen and rejected of tokens/2 each
-        from posttrain.train.dpo import completion_logps
+        from posttrain.train.preference import completion_logps
         from posttrain.data.preference import PairBatches
 
         half = tokens // 2

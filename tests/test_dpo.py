@@ -9,9 +9,10 @@ import torch
 
 from posttrain.config import ConfigError, load_config
 from posttrain.data.formats import DataError
-from posttrain.train import dpo as dpo_module
-from posttrain.train.dpo import DPOConfig, completion_logps, compute_reference_logps, dpo_step, frozen_copy_reference, \
-    reference_from_batch, run_dpo
+from posttrain.train import reference as reference_module
+from posttrain.train.dpo import DPOConfig, dpo_step, run_dpo
+from posttrain.train.preference import completion_logps
+from posttrain.train.reference import compute_reference_logps, frozen_copy_reference, reference_from_batch
 from posttrain.data.preference import PairBatches, encode_pair_row, tokenize_pairs
 
 ROWS = [
@@ -204,7 +205,7 @@ def test_second_run_reuses_the_cached_reference(tokenizer, tiny_model_dir, tmp_p
     def no_forward(*a, **k):
         raise AssertionError("the second run ran a reference forward")
 
-    monkeypatch.setattr(dpo_module, "compute_reference_logps", no_forward)
+    monkeypatch.setattr(reference_module, "compute_reference_logps", no_forward)
     second = run_dpo(dpo_config(out=tmp_path / "b", **common))
     assert second["reference_cache_hit"] is True
     assert second["loss"] == pytest.approx(first["loss"], abs=1e-6)

@@ -143,7 +143,8 @@ def test_bf16_sft_step_matches_fp32(gpu_tokenizer, chunked):
 def test_bf16_dpo_step_matches_fp32(gpu_tokenizer, share):
     from posttrain.config import load_config
     from posttrain.data import load_source
-    from posttrain.train.dpo import DPOConfig, dpo_step, frozen_copy_reference
+    from posttrain.train.dpo import DPOConfig, dpo_step
+    from posttrain.train.reference import frozen_copy_reference
     from posttrain.data.preference import PairBatches, tokenize_pairs
 
     rows = load_source("builtin:arithmetic_preference", n=8, seed=0)

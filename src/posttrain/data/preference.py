@@ -1,5 +1,6 @@
-"""Preference pairs → tokens, shared by ``posttrain dpo`` and ``posttrain reward`` (their options
-and held-out evaluation: ``train/preference.py``).
+"""Preference pairs → tokens, shared by ``posttrain dpo``, ``orpo`` and ``reward`` (their options
+and held-out evaluation: ``train/preference.py``; ``posttrain kto``'s unpaired examples reuse the
+tokenisation: ``data/unpaired.py``).
 
 Data type: preference rows (``prompt`` + ``chosen`` + ``rejected``, strings or message lists,
 explicit or implicit prompt; optional ``margin`` and ``subset`` columns), normalised by
@@ -33,6 +34,7 @@ rows B..2B-1 — as ``input_ids_2BT``, ``attention_mask_2BT`` (right padding), `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -51,9 +53,10 @@ class PairStats:
     dropped_empty: int = 0
     truncated: int = 0
     skip_reasons: list[str] = field(default_factory=list)
+    unit: str = "pairs"   # what ``kept`` counts: pairs, or unpaired examples (data/unpaired.py)
 
     def summary(self) -> str:
-        text = f"{self.kept} pairs of {self.rows} rows"
+        text = f"{self.kept} {self.unit} of {self.rows} rows"
         if self.skipped_invalid:
             text += f", {self.skipped_invalid} invalid rows skipped (first: {self.skip_reasons[0]})"
         if self.dropped_empty:
@@ -63,8 +66,10 @@ class PairStats:
         return text
 
 
-def validate_pairs(rows: list[dict], source: str, skip_invalid: bool, stats: PairStats) -> list[dict]:
-    """Normalised rows; a bad row raises DataError naming it, or (``skip_invalid``) is counted."""
+def validate_pairs(rows: list[dict], source: str, skip_invalid: bool, stats: PairStats,
+                   validate: Callable[[dict, str, int | None], dict] = validate_preference_row) -> list[dict]:
+    """Rows normalised by ``validate`` (a ``data.formats`` validator); a bad row raises DataError
+    naming it, or (``skip_invalid``) is counted."""
     if not rows:
         raise DataError(f"{source}: no rows (empty file or split)")
     out = []
@@ -73,7 +78,7 @@ def validate_pairs(rows: list[dict], source: str, skip_invalid: bool, stats: Pai
             where = row_location(row, source, i)   # the file's own line, whatever the shuffle did
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected an object with named columns, got {type(row).__name__}")
-            out.append(validate_preference_row(row, where, None))
+            out.append(validate(row, where, None))
         except DataError as e:
             if not skip_invalid:
                 raise DataError(f"{e} (or set skip_invalid_rows=true to skip and count such rows)") from None
@@ -114,32 +119,38 @@ def plain_text(messages: list[dict]) -> str:
     return "\n\n".join(m["content"] for m in messages)
 
 
-def encode_pair_row(tokenizer, row: dict, max_length: int, max_prompt_length: int | None) -> dict:
-    """One normalised preference row → ``{prompt_ids, chosen_ids, rejected_ids, margin, subset,
-    truncated}`` (see the module docstring for the rules)."""
+def encode_responses(tokenizer, prompt: list[dict], responses: list[list[dict]], max_length: int,
+                     max_prompt_length: int | None) -> tuple[list[int], list[list[int]], bool]:
+    """``(prompt_ids, [response_ids, …], truncated)``: the prompt tokenised once and each response's
+    tokens to append to it (see the module docstring for the rules)."""
     truncated = False
     if has_chat_template(tokenizer):
-        prompt_ids = encode_prompt(tokenizer, row["prompt"])
-        responses = [tokenizer(response_text(tokenizer, row["prompt"], row[k]), add_special_tokens=False)["input_ids"]
-                     for k in ("chosen", "rejected")]
+        prompt_ids = encode_prompt(tokenizer, prompt)
+        encoded = [tokenizer(response_text(tokenizer, prompt, r), add_special_tokens=False)["input_ids"]
+                   for r in responses]
         if max_prompt_length and len(prompt_ids) > max_prompt_length:
             prompt_ids, truncated = prompt_ids[-max_prompt_length:], True
         room = max(0, max_length - len(prompt_ids))
-        if any(len(r) > room for r in responses):
+        if any(len(r) > room for r in encoded):
             truncated = True
-        chosen_ids, rejected_ids = (list(r[:room]) for r in responses)
-    else:  # encoders: one plain text, the tokenizer's own [CLS] … [SEP], truncated from the left
-        prompt_ids = []
-        side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
-        try:
-            encoded = [tokenizer(plain_text(row["prompt"]) + "\n\n" + plain_text(row[k]), truncation=True,
-                                 max_length=max_length)["input_ids"] for k in ("chosen", "rejected")]
-        finally:
-            tokenizer.truncation_side = side
-        truncated = any(len(e) >= max_length for e in encoded)
-        chosen_ids, rejected_ids = encoded
+        return list(prompt_ids), [list(r[:room]) for r in encoded], truncated
+    # encoders: one plain text, the tokenizer's own [CLS] … [SEP], truncated from the left
+    side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
+    try:
+        encoded = [tokenizer(plain_text(prompt) + "\n\n" + plain_text(r), truncation=True,
+                             max_length=max_length)["input_ids"] for r in responses]
+    finally:
+        tokenizer.truncation_side = side
+    return [], encoded, any(len(e) >= max_length for e in encoded)
+
+
+def encode_pair_row(tokenizer, row: dict, max_length: int, max_prompt_length: int | None) -> dict:
+    """One normalised preference row → ``{prompt_ids, chosen_ids, rejected_ids, margin, subset,
+    truncated}`` (see the module docstring for the rules)."""
+    prompt_ids, (chosen_ids, rejected_ids), truncated = encode_responses(
+        tokenizer, row["prompt"], [row["chosen"], row["rejected"]], max_length, max_prompt_length)
     margin = row.get("margin")
-    return {"prompt_ids": list(prompt_ids), "chosen_ids": chosen_ids, "rejected_ids": rejected_ids,
+    return {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids,
             "margin": float(margin) if margin is not None else 0.0, "subset": str(row.get("subset") or ""),
             "truncated": truncated}
 
@@ -191,6 +202,13 @@ class PairBatches:
     def __len__(self):
         return len(self.examples)
 
+    def lengths(self) -> list[int]:
+        return pair_lengths(self.examples)
+
+    def content(self) -> list[dict]:
+        """The token ids that decide every log-prob of the batches (a reference cache key)."""
+        return [{"p": e["prompt_ids"], "c": e["chosen_ids"], "r": e["rejected_ids"]} for e in self.examples]
+
     def _shared_layout(self, pairs: list[dict]) -> dict:
         """The same rows as (prompt, response) for a shared-prompt forward (``models/layout.py``):
         each pair's prompt once, the 2B responses (chosen, then rejected) right-padded."""
@@ -205,16 +223,7 @@ class PairBatches:
     def __call__(self, indices: list[int]) -> dict:
         pairs = [self.examples[i] for i in indices]
         seqs = [(p["prompt_ids"], p["chosen_ids"]) for p in pairs] + [(p["prompt_ids"], p["rejected_ids"]) for p in pairs]
-        width = max(len(a) + len(b) for a, b in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, (prompt, response) in enumerate(seqs):
-            n, m = len(prompt), len(response)
-            ids[r, : n + m] = torch.tensor(list(prompt) + list(response), dtype=torch.long)
-            labels[r, n: n + m] = torch.tensor(list(response), dtype=torch.long)
-            mask[r, : n + m] = 1
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels,
+        batch = {**pad_rows(seqs, self.pad_id),
                  "margin": torch.tensor([p["margin"] for p in pairs], dtype=torch.float32),
                  "num_pairs": len(pairs), "share_prompts": self.share_prompts}
         if self.share_prompts:
@@ -223,6 +232,21 @@ class PairBatches:
         for name, values in self.extras.items():
             batch[name] = values[index]
         return batch
+
+
+def pad_rows(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
+    """(prompt, response) rows right-padded to one width: ``input_ids``, ``attention_mask`` (1 on
+    real tokens) and ``labels`` (the response tokens, -100 elsewhere), each (rows, width)."""
+    width = max(len(a) + len(b) for a, b in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, (prompt, response) in enumerate(seqs):
+        n, m = len(prompt), len(response)
+        ids[r, : n + m] = torch.tensor(list(prompt) + list(response), dtype=torch.long)
+        labels[r, n: n + m] = torch.tensor(list(response), dtype=torch.long)
+        mask[r, : n + m] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def pair_lengths(pairs: list[dict]) -> list[int]:
@@ -235,12 +259,12 @@ def pair_count(batch: dict) -> float:
     return float(batch["num_pairs"])
 
 
-def length_ordered_batches(batches: PairBatches, batch_size: int) -> list[list[int]]:
-    """Pair indices in batches of similar length (shortest first): less padding for no-grad
-    passes. The reference precompute and the held-out evaluation use the same batches, so at
-    step 0 (policy = reference) every implicit reward is exactly 0, not 0 up to padding-dependent
-    rounding."""
-    lengths = pair_lengths(batches.examples)
+def length_ordered_batches(batches, batch_size: int) -> list[list[int]]:
+    """Indices of ``batches`` (``PairBatches``, ``UnpairedBatches``) in batches of similar length
+    (shortest first): less padding for no-grad passes. The reference precompute and the held-out
+    evaluation use the same batches, so at step 0 (policy = reference) every implicit reward is
+    exactly 0, not 0 up to padding-dependent rounding."""
+    lengths = batches.lengths()
     order = sorted(range(len(batches)), key=lambda i: lengths[i])
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 

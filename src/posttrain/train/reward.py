@@ -131,7 +131,7 @@ def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
     from posttrain.train.engine import Engine
     from posttrain.models.layout import prompt_sharing
     from posttrain.data.preference import PairBatches, pair_count, pair_lengths, tokenize_pairs
-    from posttrain.train.preference import evaluate_pairs
+    from posttrain.train.preference import evaluate_step
 
     # --- run folder, reward model (one-label classifier, distinct pad token), tokenizer
     run_dir = prepare_run(config, command)
@@ -162,7 +162,7 @@ def run_reward(config: RewardConfig, command: str = "posttrain reward") -> dict:
                                                 config.skip_invalid_rows, kind="reward")
         log(f"[bold]reward[/] held out: {eval_stats.summary()}", main)
         eval_batches = PairBatches(eval_pairs, tokenizer.pad_token_id, share_prompts=share)
-        eval_fn = lambda m: evaluate_pairs(m, eval_batches, step, config.batch_size)  # noqa: E731
+        eval_fn = lambda m: evaluate_step(m, eval_batches, step, config.batch_size)  # noqa: E731
 
     # --- train
     last = engine.fit(len(batches), batches, step, normalizer_fn=pair_count, eval_fn=eval_fn, description="reward",
