@@ -233,3 +233,32 @@ def test_every_row_too_long_says_so(tmp_path, capsys, tiny_model_dir):
     line = _run(capsys, ["grpo", f"data=[{rl}]", "eval_data=[]", f"model={tiny_model_dir}", "max_prompt_length=32",
                          "reward=[{verifier: auto}]", "progress=false", f"out={tmp_path / 'rl'}"])
     assert "every one of the 6 prompts is longer than max_prompt_length=32 tokens" in line
+
+
+# --------------------------------------------------------------------------- kto and orpo rows
+
+
+def _unpaired(i: int, **extra) -> dict:
+    return {"prompt": f"What is {i} + 1?", "completion": f"{i + 1}", "label": i % 2 == 0, **extra}
+
+
+@pytest.mark.parametrize("command, bad, expected", [
+    ("kto", {"prompt": "2+2?", "completion": "4"}, "field 'label': missing"),
+    ("kto", {"prompt": "2+2?", "label": True}, "field 'completion': missing"),
+    ("kto", {"completion": "4", "label": True}, "field 'prompt': missing"),
+    ("kto", {"prompt": "2+2?", "completion": "4", "label": "yes"},
+     "field 'label': expected true (desirable) or false (undesirable), got 'yes'"),
+    ("kto", {"prompt": "2+2?", "completion": "  ", "label": False}, "field 'completion': empty completion"),
+    ("kto", {"prompt": "2+2?", "chosen": "4", "rejected": "4"}, "field 'chosen': chosen equals rejected"),
+    ("orpo", {"prompt": "2+2?", "chosen": "4"}, "field 'rejected': missing"),
+    ("orpo", {"prompt": "2+2?", "completion": "4", "label": True}, "field 'chosen': missing"),
+])
+def test_kto_and_orpo_rows_are_checked_before_the_model_loads(tmp_path, capsys, command, bad, expected):
+    good = _unpaired if command == "kto" else (lambda i: {"prompt": f"{i} + 1?", "chosen": f"{i + 1}",
+                                                           "rejected": f"{i + 2}"})
+    rows = [good(i) for i in range(30)]
+    rows[21] = bad   # line 22
+    path = _jsonl(tmp_path / "prefs.jsonl", rows)
+    line = _run(capsys, [command, f"data=[{path}]", "eval_data=[]", NO_MODEL, f"out={tmp_path / 'run'}"])
+    assert f"{path}, line 22, {expected}" in line
+    assert not (tmp_path / "run").exists()

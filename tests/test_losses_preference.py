@@ -15,7 +15,11 @@ from posttrain.losses.preference import (
     LossSpec,
     bradley_terry_loss,
     dpo_loss,
+    kto_loss,
+    kto_reference_point,
+    log_odds,
     loss_spec,
+    orpo_loss,
     wpo_weights,
 )
 
@@ -233,3 +237,101 @@ def test_bradley_terry_centering_term():
     """center_coef = 0.01, r_c = 1, r_r = 2: extra 0.01·(1 + 2)² = 0.09 on top of log(1+e)."""
     losses, _ = bradley_terry_loss(t(1.0), t(2.0), center_coef=0.01)
     close(losses, [softplus(1.0) + 0.09])
+
+
+# --------------------------------------------------------------------------------------------
+# KTO
+
+
+def test_kto_hand_values():
+    """β = 0.5, z_ref = 1, λ_D = 1, λ_U = 2; the log-ratios r put β(r - z_ref) at ±ln 3 or 0, where
+    σ(ln 3) = 3/4 and σ(-ln 3) = 1/4:
+
+        desirable,   r = 1 + 2 ln 3:  1 · (1 - σ(ln 3))      = 1/4
+        desirable,   r = 1 - 2 ln 3:  1 · (1 - σ(-ln 3))     = 3/4
+        undesirable, r = 1 - 2 ln 3:  2 · (1 - σ(β(z - r)))  = 2 · (1 - σ(ln 3)) = 1/2
+        undesirable, r = 1:           2 · (1 - σ(0))         = 1
+        rewards = β r = 0.5 + ln 3, 0.5 - ln 3, 0.5 - ln 3, 0.5
+    """
+    ln3 = math.log(3)
+    r = t(1 + 2 * ln3, 1 - 2 * ln3, 1 - 2 * ln3, 1.0)
+    ref = t(-20.0, -20.0, -20.0, -20.0)
+    desirable = torch.tensor([True, True, False, False])
+    losses, rewards = kto_loss(ref + r, ref, desirable, t(1.0)[0], beta=0.5, desirable_weight=1.0,
+                               undesirable_weight=2.0)
+    close(losses, [0.25, 0.75, 0.5, 1.0])
+    close(rewards, [0.5 + ln3, 0.5 - ln3, 0.5 - ln3, 0.5])
+
+
+def test_kto_at_init_is_half_the_weight():
+    """π = π_ref ⇒ r = 0, and the mismatched log-ratios are 0 too ⇒ z_ref = 0 ⇒ loss = λ_y · (1 - σ(0)) = λ_y / 2."""
+    logps = t(-12.5, -3.0, -40.0)
+    z = kto_reference_point(logps, logps)
+    assert float(z) == 0.0
+    losses, rewards = kto_loss(logps, logps, torch.tensor([True, False, False]), z, beta=0.1, desirable_weight=1.5,
+                               undesirable_weight=0.5)
+    close(losses, [0.75, 0.25, 0.25])
+    close(rewards, [0.0, 0.0, 0.0])
+
+
+def test_kto_reference_point_is_the_clamped_mismatched_mean_without_gradient():
+    """Mismatched log-ratios (2, -1, 0): mean 1/3. (0, -3, 0): mean -1, clamped to 0. Inputs that
+    require grad give a z_ref that does not, and kto_loss adds no gradient path through z_ref."""
+    ref = t(-6.0, -6.0, -6.0)
+    policy = t(-4.0, -7.0, -6.0).requires_grad_()
+    z = kto_reference_point(policy, ref)
+    close(z, 1 / 3)
+    assert not z.requires_grad
+    close(kto_reference_point(t(-6.0, -9.0, -6.0), ref), 0.0)
+    z_with_grad = t(0.25)[0].requires_grad_()
+    logps = t(-1.0, -2.0).requires_grad_()
+    losses, _ = kto_loss(logps, t(-1.5, -1.5), torch.tensor([True, False]), z_with_grad, beta=1.0)
+    losses.sum().backward()
+    assert z_with_grad.grad is None and logps.grad is not None
+
+
+# --------------------------------------------------------------------------------------------
+# ORPO
+
+
+def test_log_odds_hand_values_and_naive_formula_away_from_one():
+    """P = 3/4 ⇒ odds 3; P = 1/2 ⇒ odds 1; P = 1/4 ⇒ odds 1/3. Away from P = 1 the stable form
+    equals TRL's log ℓ - log1p(-exp ℓ) in float64."""
+    means = t(math.log(0.75), math.log(0.5), math.log(0.25), -3.0)
+    close(log_odds(means)[:3], [math.log(3), 0.0, -math.log(3)])
+    close(log_odds(means), means - torch.log1p(-torch.exp(means)))
+
+
+def test_log_odds_is_stable_near_p_one():
+    """ℓ = -1e-4, -1e-5, -1e-6 in float32: log odds = ℓ - log(-expm1 ℓ) (13.8155… at -1e-6, from
+    float64 math) to float32 rounding of a number ~14 (ulp 1e-6): atol 4e-6. The naive float32
+    log1p(-exp ℓ) misses by 0.013 at -1e-6. At ℓ = 0 (P = 1: infinite odds) and just below the cap
+    the value is the capped one, finite, with a finite gradient."""
+    values = [-1e-4, -1e-5, -1e-6]
+    means = torch.tensor(values, dtype=torch.float32)
+    expected = torch.tensor([v - math.log(-math.expm1(v)) for v in values], dtype=torch.float32)
+    torch.testing.assert_close(log_odds(means), expected, rtol=0, atol=4e-6)
+    naive = means - torch.log1p(-torch.exp(means))
+    assert abs(float(naive[2] - expected[2])) > 1e-2
+    near_one = torch.tensor([0.0, -1e-9], dtype=torch.float32, requires_grad=True)
+    capped = log_odds(near_one)
+    torch.testing.assert_close(capped, torch.full((2,), float(expected[2])), rtol=0, atol=4e-6)
+    capped.sum().backward()
+    assert torch.isfinite(near_one.grad).all()
+
+
+def test_orpo_hand_values():
+    """λ = 0.1; per-token mean log-probs ℓ(y_w), ℓ(y_l) = (ln 3/4, ln 1/4), (ln 1/2, ln 1/2), (ln 1/4, ln 3/4):
+
+        log odds ratio = ln 3 - ln 1/3 = ln 9,   0,   -ln 9
+        L_OR = -log σ(h) = log(1 + e^-h)   = ln(10/9), ln 2, ln 10
+        NLL  = -ℓ(y_w)                     = ln(4/3),  ln 2, ln 4
+        loss = NLL + 0.1 L_OR
+    """
+    chosen = t(math.log(0.75), math.log(0.5), math.log(0.25)).requires_grad_()
+    rejected = t(math.log(0.25), math.log(0.5), math.log(0.75))
+    losses, nll, ratio = orpo_loss(chosen, rejected, orpo_lambda=0.1)
+    close(ratio, [math.log(9), 0.0, -math.log(9)])
+    close(nll, [math.log(4 / 3), math.log(2), math.log(4)])
+    close(losses, [math.log(4 / 3) + 0.1 * math.log(10 / 9), 1.1 * math.log(2), math.log(4) + 0.1 * math.log(10)])
+    assert not nll.requires_grad and not ratio.requires_grad and losses.requires_grad

@@ -1,7 +1,7 @@
 """Every training command runs under ``accelerate launch --multi_gpu --num_processes 2`` (gloo,
 CPU) exactly as the README's "Scaling out" shows, and follows the one-process run's loss
-trajectory: SFT, DPO and the reward model with the same global batch (half the per-process
-batch on two processes), RLOO and NLPO with the same global ``prompts_per_step``. (GRPO and PPO,
+trajectory: SFT, DPO, KTO (its KL reference point gathered over both processes), ORPO and the
+reward model with the same global batch (half the per-process batch on two processes), RLOO and NLPO with the same global ``prompts_per_step``. (GRPO and PPO,
 with rollouts and gradients, are in test_rl_distributed.py; SFT's first-step gradients in
 test_engine.py.)"""
 
@@ -22,6 +22,11 @@ PAIRS = "data=[{source: 'builtin:arithmetic_preference', count: 16}]"
 CASES = {
     "sft": (["data=[{source: 'builtin:arithmetic_sft', count: 16}]", "max_length=96", "eval_data=[]"], "batch_size=4", "batch_size=2"),
     "dpo": ([PAIRS, "max_length=128", "max_prompt_length=64", "beta=0.5", "eval_data=[]"], "batch_size=4", "batch_size=2"),
+    # warmup_ratio=0: the first update moves the weights, so the second step's KL reference point is not 0 (1.33)
+    "kto": ([PAIRS, "max_length=128", "max_prompt_length=64", "beta=0.5", "eval_data=[]", "warmup_ratio=0"],
+            "batch_size=4", "batch_size=2"),
+    "orpo": ([PAIRS, "max_length=128", "max_prompt_length=64", "eval_data=[]", "warmup_ratio=0"], "batch_size=4",
+             "batch_size=2"),
     "reward": ([PAIRS, "max_length=128", "max_prompt_length=64", "eval_data=[]"], "batch_size=4", "batch_size=2"),
     "rloo": (RL, "", ""),
     "nlpo": (RL + ["ppo_epochs=1", "num_minibatches=2", "mask_refresh_steps=1"], "", ""),
@@ -41,4 +46,8 @@ def test_command_on_two_processes_follows_one_process(command, tiny_model_dir, t
     one = [r["loss"] for r in read_metrics(tmp_path / "one") if "loss" in r]
     two = [r["loss"] for r in read_metrics(tmp_path / "two") if "loss" in r]
     assert len(one) == 2 and two == pytest.approx(one, rel=1e-4, abs=1e-6)
+    if command == "kto":   # z_ref from both processes' mismatched pairs = the one process's whole batch
+        kl_one, kl_two = ([r["kl"] for r in read_metrics(tmp_path / run) if "kl" in r] for run in ("one", "two"))
+        # log-ratios of float32 sums of ~-300 (ulp 3e-5), the reference precomputed in other batches: abs 1e-4
+        assert kl_one[-1] > 0.1 and kl_two == pytest.approx(kl_one, rel=1e-4, abs=1e-4)
     assert (tmp_path / "two" / "model" / "config.json").exists()

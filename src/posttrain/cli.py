@@ -3,7 +3,7 @@ dispatch, nothing else.
 
 Where command code lives (docs/layout.md):
 
-- A training command (``sft``, ``dpo``, ``reward``, ``grpo``, …) is an options dataclass and a
+- A training command (``sft``, ``dpo``, ``kto``, ``orpo``, ``reward``, ``grpo``, …) is an options dataclass and a
   ``run_*(config, command)`` function side by side in the module that trains (``train/sft.py``:
   ``SFTConfig`` and ``run_sft``). The dataclass builds on ``config.TrainingOptions`` (or
   ``config.RunOptions``), whose ``validate`` holds the checks every trainer shares. The generic
@@ -36,6 +36,10 @@ TRAINING_COMMANDS = {
             "supervised finetuning on messages rows (assistant tokens only)"),
     "dpo": ("posttrain.train.dpo:DPOConfig", "posttrain.train.dpo:run_dpo",
             "direct preference optimisation (dpo, dpo_norm, simpo, ipo, hinge)"),
+    "kto": ("posttrain.train.kto:KTOConfig", "posttrain.train.kto:run_kto",
+            "Kahneman–Tversky optimisation on completions labelled desirable / undesirable (or unpaired pairs)"),
+    "orpo": ("posttrain.train.orpo:ORPOConfig", "posttrain.train.orpo:run_orpo",
+             "odds-ratio preference optimisation: SFT + preference in one stage, no reference model"),
     "reward": ("posttrain.train.reward:RewardConfig", "posttrain.train.reward:run_reward",
                "Bradley–Terry reward model (model_type=vpl: pluralistic, per-user)"),
     **rl_commands(),   # grpo, rloo, ppo, nlpo, …: one per posttrain.train.rl.algorithms.ALGORITHMS entry

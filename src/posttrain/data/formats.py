@@ -3,9 +3,12 @@
 | type        | columns                                                          | used by          |
 |-------------|------------------------------------------------------------------|------------------|
 | sft         | ``messages``: list of ``{"role", "content"}``                     | ``posttrain sft`` |
-| preference  | ``prompt`` + ``chosen`` + ``rejected`` — each a string or a       | ``dpo``, ``reward`` |
-|             | message list (implicit prompt: chosen/rejected hold the whole     |                  |
+| preference  | ``prompt`` + ``chosen`` + ``rejected`` — each a string or a       | ``dpo``, ``orpo``, |
+|             | message list (implicit prompt: chosen/rejected hold the whole     | ``reward``       |
 |             | conversation and share their leading turns)                      |                  |
+| unpaired    | ``prompt`` + ``completion`` (strings or message lists) + ``label`` | ``kto``          |
+|             | (true = desirable); preference rows are accepted too, each as one |                  |
+|             | desirable (chosen) and one undesirable (rejected) example         |                  |
 | rlvr        | ``prompt`` (string or messages) or ``messages``, ``ground_truth``, | ``grpo``, ``ppo`` … |
 |             | ``verifier`` (open-instruct calls it ``dataset``; both accepted)  |                  |
 
@@ -13,6 +16,7 @@ Example rows::
 
     {"messages": [{"role": "user", "content": "2+3?"}, {"role": "assistant", "content": "5"}]}
     {"prompt": "2+3?", "chosen": "5", "rejected": "6"}
+    {"prompt": "2+3?", "completion": "5", "label": true}
     {"messages": [{"role": "user", "content": "2+3?"}], "ground_truth": "5", "verifier": "gsm8k"}
 
 Every problem raises :class:`DataError` naming the source, row and field, and saying how to fix it.
@@ -129,6 +133,52 @@ def validate_preference_row(row: dict, source: str, index: int) -> dict:
     return out
 
 
+UNPAIRED_HINT = ("unpaired preference rows need 'prompt', 'completion' and 'label' (true = desirable, false = "
+                 "undesirable); preference rows with 'prompt', 'chosen' and 'rejected' are accepted too")
+
+
+def validate_unpaired_row(row: dict, source: str, index: int) -> dict:
+    """An unpaired preference row (TRL's KTO format) normalised to ``{"prompt": messages,
+    "completion": messages, "label": bool}``, the completion holding only the response turns.
+
+    A row with ``chosen`` / ``rejected`` and no ``completion`` is a preference row: it comes back
+    as ``validate_preference_row`` returns it, and :func:`unpair` splits it into one desirable and
+    one undesirable example. ``label`` is a boolean (0 / 1 accepted)."""
+    if "completion" not in row and ("chosen" in row or "rejected" in row):
+        return validate_preference_row(row, source, index)
+    completion = _require(row, "completion", source, index, UNPAIRED_HINT)
+    label = _require(row, "label", source, index, UNPAIRED_HINT)
+    if not isinstance(label, bool):
+        if type(label) is not int or label not in (0, 1):
+            raise DataError(f"{_where(source, index, 'label')}: expected true (desirable) or false (undesirable), "
+                            f"got {label!r}")
+        label = bool(label)
+    prompt = as_messages(_require(row, "prompt", source, index, UNPAIRED_HINT), "user", source, index, "prompt")
+    completion = as_messages(completion, "assistant", source, index, "completion")
+    if len(completion) > len(prompt) and completion[: len(prompt)] == prompt:   # the prompt repeated: strip it
+        completion = completion[len(prompt):]
+    if not "".join(m["content"] for m in prompt).strip():
+        raise DataError(f"{_where(source, index, 'prompt')}: empty prompt")
+    if completion[0]["role"] != "assistant":
+        raise DataError(f"{_where(source, index, 'completion')}: the completion must start with an assistant turn")
+    if not "".join(m["content"] for m in completion).strip():
+        raise DataError(f"{_where(source, index, 'completion')}: empty completion")
+    out = {"prompt": prompt, "completion": completion, "label": label}
+    if "subset" in row:
+        out["subset"] = row["subset"]
+    return out
+
+
+def unpair(row: dict) -> list[dict]:
+    """A row normalised by :func:`validate_unpaired_row` as unpaired examples: itself, or a
+    preference row's chosen (desirable) and rejected (undesirable) completions of its prompt."""
+    if "completion" in row:
+        return [row]
+    extra = {"subset": row["subset"]} if "subset" in row else {}
+    return [{"prompt": row["prompt"], "completion": row["chosen"], "label": True, **extra},
+            {"prompt": row["prompt"], "completion": row["rejected"], "label": False, **extra}]
+
+
 def validate_rlvr_row(row: dict, source: str, index: int, needs_answer: bool = True) -> dict:
     """Normalise to ``{"messages": prompt messages, "ground_truth": ..., "verifier": name}``.
     With ``needs_answer=False`` (rewards from functions or reward models only) a prompt is enough;
@@ -171,8 +221,8 @@ def validate_rl_prompt_row(row: dict, source: str, index: int) -> dict:
     return validate_rlvr_row(row, source, index, needs_answer=False)
 
 
-VALIDATORS = {"sft": validate_sft_row, "preference": validate_preference_row, "rlvr": validate_rlvr_row,
-              "rl_prompt": validate_rl_prompt_row}
+VALIDATORS = {"sft": validate_sft_row, "preference": validate_preference_row, "unpaired": validate_unpaired_row,
+              "rlvr": validate_rlvr_row, "rl_prompt": validate_rl_prompt_row}
 
 
 def validate_rows(rows: list[dict], kind: str, source: str) -> list[dict]:

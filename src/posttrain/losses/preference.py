@@ -1,4 +1,5 @@
-"""Pairwise preference losses: the DPO family and the Bradley–Terry reward-model loss.
+"""Preference losses: the DPO family, KTO (unpaired), ORPO (reference-free, with an NLL term) and
+the Bradley–Terry reward-model loss.
 
 Every DPO-family variant is a function of one "logit" per pair,
 
@@ -21,6 +22,10 @@ Variants (``loss_type``, TRL alias in brackets), per-example loss, and what they
 ``hinge``                        max(0, 1 - βh)                          reference; summed log-probs
     SLiC-HF (Zhao et al. 2023) calibration loss in RSO's reference-normalised form.
 
+Two losses of the family are not functions of h, and each has its own trainer: ``kto_loss``
+(unpaired desirable / undesirable completions against a KL reference point, ``posttrain kto``)
+and ``orpo_loss`` (chosen-response NLL plus an odds-ratio term, no reference, ``posttrain orpo``).
+
 "summed" = sequence log-prob (sum over the completion's tokens), "MEAN" = per-token mean. The
 loss never sees lengths; trainers read ``loss_spec(loss_type)`` to decide whether to run a
 reference model and which log-probs to feed.
@@ -34,6 +39,7 @@ open-instruct's ``open_instruct/dpo_utils.py`` for ``dpo_norm`` (these three not
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -49,7 +55,11 @@ __all__ = [
     "dpo_loss",
     "hinge_loss",
     "ipo_loss",
+    "kto_loss",
+    "kto_reference_point",
+    "log_odds",
     "loss_spec",
+    "orpo_loss",
     "sigmoid_loss",
     "simpo_loss",
     "wpo_weights",
@@ -245,6 +255,131 @@ def wpo_weights(
     if max_weight is not None:
         weights_B = weights_B.clamp(max=max_weight)
     return weights_B
+
+
+# --------------------------------------------------------------------------------------------
+# KTO: desirable / undesirable completions, no pairs
+
+
+def kto_reference_point(policy_mismatched_logps: torch.Tensor, ref_mismatched_logps: torch.Tensor) -> torch.Tensor:
+    """KTO's reference point z_ref, the paper's biased estimate of KL(π_θ ‖ π_ref) (Ethayarajh et
+    al. 2024, §4.1, the z_0 of eq. 7):
+
+        z_ref = max(0, mean_i [log π_θ(y'_i | x_i) - log π_ref(y'_i | x_i)])
+
+    over mismatched pairs: prompt x_i with the completion y'_i of another row (another prompt), so
+    y'_i is a plausible output that was not labelled for x_i. Clamped at 0 because a KL is never
+    negative; detached, as in the paper: z_ref only sets where the value function saturates, and
+    no gradient flows through it.
+
+    Args: (M,) summed log-probs of the M mismatched completions under π_θ and π_ref.
+    Returns: a 0-dim tensor without gradient. Every process must pass all M values (the trainer
+    gathers them), so z_ref is one number per optimizer step.
+    """
+    logratios_M = policy_mismatched_logps.detach() - ref_mismatched_logps.detach()
+    return logratios_M.mean().clamp(min=0.0)
+
+
+def kto_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable_mask: torch.Tensor,
+    kl_reference_point: torch.Tensor | float,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KTO (Ethayarajh et al. 2024, eq. 7: L = E[λ_y - v(x, y)] with the Kahneman–Tversky value
+    function v), per example:
+
+        r = log π_θ(y|x) - log π_ref(y|x)                      (summed log-probs)
+        loss = λ_D · (1 - σ(β (r - z_ref)))     y desirable
+        loss = λ_U · (1 - σ(β (z_ref - r)))     y undesirable
+
+    z_ref = ``kl_reference_point`` (``kto_reference_point``; detached again here, so it never
+    carries gradient), λ_D / λ_U = ``desirable_weight`` / ``undesirable_weight``. At init
+    (π_θ = π_ref) r = 0 and z_ref = 0, so every loss is λ_y / 2.
+
+    Reduction: none; the trainer takes the mean over examples (``posttrain kto``: the engine's
+    normaliser is the number of examples in the optimizer step, on every process).
+
+    Reference implementation: TRL's ``KTOTrainer.kto_loss`` with ``loss_type="kto"``
+    (huggingface/trl@b12c2cf006effb32a3408d0ad61dbc8ef7d75119): the same per-example losses and
+    rewards; TRL returns desirable losses first, here each example keeps its place.
+
+    Returns:
+        losses_B: (B,) per-example loss.
+        rewards_B: (B,) detached implicit rewards β·r.
+    """
+    z = torch.as_tensor(kl_reference_point, dtype=policy_logps.dtype, device=policy_logps.device).detach()
+    logratios_B = policy_logps - ref_logps
+    desirable_B = desirable_mask.to(torch.bool)
+    losses_B = torch.where(desirable_B,
+                           desirable_weight * (1.0 - torch.sigmoid(beta * (logratios_B - z))),
+                           undesirable_weight * (1.0 - torch.sigmoid(beta * (z - logratios_B))))
+    return losses_B, beta * logratios_B.detach()
+
+
+# --------------------------------------------------------------------------------------------
+# ORPO: NLL of the chosen response plus an odds-ratio term, no reference
+
+#: ORPO's P(y|x) is capped at exp(MAX_MEAN_LOGP) ≈ 1 - 1e-6: at P = 1 the odds are infinite (a float32
+#: log-softmax returns exactly 0 for a near-certain token), so the log odds would be inf and the
+#: gradient nan. Above the cap the odds-ratio term has no gradient; the NLL term keeps its own.
+MAX_MEAN_LOGP = -1e-6
+
+
+def log_odds(mean_logps: torch.Tensor) -> torch.Tensor:
+    """log odds(y|x) = log P - log(1 - P), with P = exp(ℓ) and ℓ the per-token MEAN log-prob of y
+    (ORPO's P_θ(y|x), Hong et al. 2024, §4.1; odds: eq. 4), computed stably:
+
+        log(1 - P) = log(-expm1(ℓ))    for ℓ > -ln 2   (1 - exp(ℓ) cancels catastrophically near 0)
+                   = log1p(-exp(ℓ))    otherwise
+
+    (Mächler 2012, "Accurately computing log(1 - exp(-|a|))"). TRL's ``odds_ratio_loss`` writes
+    ``log1p(-exp(ℓ))`` everywhere, which loses digits as P → 1: in float32 its log odds is 0.013
+    low at ℓ = -1e-6 and inf once exp(ℓ) rounds to 1 (ℓ > -3e-8). ℓ is first capped at
+    ``MAX_MEAN_LOGP``.
+    """
+    capped = mean_logps.clamp(max=MAX_MEAN_LOGP)
+    near_one = capped > -math.log(2.0)
+    # each branch evaluated where it is accurate; the other side's input is swapped for a safe value
+    log1m_near = torch.log(-torch.expm1(torch.where(near_one, capped, torch.full_like(capped, -1.0))))
+    log1m_far = torch.log1p(-torch.exp(torch.where(near_one, torch.full_like(capped, -1.0), capped)))
+    return capped - torch.where(near_one, log1m_near, log1m_far)
+
+
+def orpo_loss(
+    policy_chosen_mean_logps: torch.Tensor,
+    policy_rejected_mean_logps: torch.Tensor,
+    orpo_lambda: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ORPO (Hong et al. 2024, eq. 6: L_ORPO = E[L_SFT + λ·L_OR]; L_OR: eq. 7), reference-free,
+    per pair, on per-token MEAN log-probs ℓ of the responses:
+
+        L_SFT = -ℓ(y_w)                                         NLL of the chosen response
+        L_OR  = -log σ(log odds(y_w) - log odds(y_l))           odds(y) = P / (1 - P), P = exp ℓ(y)
+        loss  = L_SFT + λ · L_OR
+
+    λ = ``orpo_lambda`` (the paper's λ, 0.1; TRL's ``ORPOConfig.beta``). Log odds via
+    :func:`log_odds` (stable near P = 1).
+
+    Reduction: none; the trainer takes the mean over pairs. Departure from TRL's ORPOTrainer
+    (``trl/trainer/orpo_trainer.py``, huggingface/trl@4795c7d2610c16ea18b74b70456ae825aa64b026):
+    there L_SFT is one cross-entropy over every prompt and response token of the batch's chosen
+    rows (a token mean, so long responses weigh more); here it is each chosen response's per-token
+    mean NLL (response tokens only, as the paper's L_SFT on y_w), then the mean over pairs. The
+    odds-ratio term is the same.
+
+    Returns:
+        losses_B: (B,) per-pair loss.
+        nll_B: (B,) detached L_SFT.
+        log_odds_ratio_B: (B,) detached log odds(y_w) - log odds(y_l).
+    """
+    log_odds_ratio_B = log_odds(policy_chosen_mean_logps) - log_odds(policy_rejected_mean_logps)
+    nll_B = -policy_chosen_mean_logps
+    losses_B = nll_B - orpo_lambda * F.logsigmoid(log_odds_ratio_B)
+    return losses_B, nll_B.detach(), log_odds_ratio_B.detach()
 
 
 # --------------------------------------------------------------------------------------------

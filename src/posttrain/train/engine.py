@@ -6,6 +6,8 @@ metrics)``. The engine owns everything else: accelerate (DDP / FSDP / DeepSpeed,
 AdamW and the schedule, gradient accumulation, clipping, mixed precision, seeded data order,
 checkpoints (HF model + optimizer + scheduler + RNG + data position, written atomically, newest K
 kept), exact resume, ``metrics.jsonl``, a rich progress bar, tensorboard/W&B, and a NaN guard.
+A loss that needs a quantity of the whole step before any micro-batch's backward (KTO's KL
+reference point) computes it in ``prepare_step``, which sees all of a process's micro-batches.
 
 Trainers whose step is more than one optimizer update (RL: rollout → score → advantages → several
 updates) use the same pieces directly: ``setup`` (optimizers, ``accelerate.prepare``), ``update``
@@ -516,10 +518,15 @@ class Engine:
     def fit(self, num_units: int, collate: Callable[[list[int]], dict], step_fn: StepFn,
             normalizer_fn: Callable[[dict], float | None] | None = None,
             eval_fn: Callable[[torch.nn.Module], dict] | None = None, description: str = "train",
-            lengths: list[int] | None = None) -> dict:
+            lengths: list[int] | None = None,
+            prepare_step: Callable[[torch.nn.Module, list[dict]], list[dict]] | None = None) -> dict:
         """Train until ``max_steps`` / ``num_epochs``, one optimizer update per step; returns the
         last logged record. ``lengths`` (tokens per unit) lets ``group_by_length`` batch units of
-        similar length together."""
+        similar length together. ``prepare_step(model, micro_batches) -> micro_batches`` runs on
+        this process's micro-batches of each step before any gradient is taken, on every process
+        (so it may gather across them): what a step's loss needs from the whole step, e.g. KTO's
+        KL reference point, estimated over the step's global batch so that it, like the loss, does
+        not depend on how the step is split into micro-batches and processes."""
         if lengths is not None and len(lengths) != num_units:
             raise ValueError(f"lengths has {len(lengths)} entries for {num_units} units")
         self._lengths = lengths
@@ -529,6 +536,8 @@ class Engine:
 
         def train_step() -> dict:
             micro = [collate(idx) for idx in self._step_indices(num_units)]
+            if prepare_step is not None:
+                micro = prepare_step(self.model, micro)
             record = self.update(micro, step_fn, normalizer_fn)
             record["tokens"] = sum(_count_tokens(b) for b in micro) * self.world
             return record

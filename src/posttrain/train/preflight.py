@@ -35,7 +35,7 @@ def preflight(options: TrainingOptions) -> Path:
     if hasattr(options, "reward"):   # online RL: grpo, rloo, ppo, nlpo
         _check_rl(options)
     else:
-        kind = "sft" if _is_sft(options) else "preference"
+        kind = getattr(options, "data_kind", None) or ("sft" if _is_sft(options) else "preference")
         # Preference trainers may skip and count bad rows (skip_invalid_rows): then only the
         # sources themselves must load.
         skip = getattr(options, "skip_invalid_rows", False)
