@@ -61,7 +61,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("posttrain.evaluation.cli", "evaluate a model on task suites (dev, unseen) or named tasks"),
     "decontaminate": ("posttrain.decontamination.cli", "find and drop training rows that overlap evaluation sets"),
     "merge": ("posttrain.merging.cli", "merge models: averaging, task arithmetic, interpolation sweeps, mixture simulation"),
-    "data": ("posttrain.data.cli", "inspect a dataset: sizes, lengths, duplicates, language, contamination"),
+    "data": ("posttrain.data.cli", "dataset tools: inspect (sizes, lengths, duplicates, contamination), ai-feedback (LM-judged pairs)"),
     "route": ("posttrain.routing.cli", "route preference instances to human or LM labels under a budget"),
     "recipe": ("posttrain.recipes.cli", "run, list or show multi-stage recipes (tulu3-mini, tulu3-8b)"),
 }
@@ -75,10 +75,11 @@ def _resolve(path: str):
 def _user_errors():
     from posttrain.data.formats import DataError
     from posttrain.data.templates import TemplateError
+    from posttrain.judges.base import JudgeError
     from posttrain.models.loading import ModelError
     from posttrain.train.engine import TrainingError
 
-    return (ConfigError, DataError, ModelError, TemplateError, TrainingError, FileNotFoundError)
+    return (ConfigError, DataError, JudgeError, ModelError, TemplateError, TrainingError, FileNotFoundError)
 
 
 def _trainer(name: str, command_line: CommandLine) -> tuple[type, object] | None:

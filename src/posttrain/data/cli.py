@@ -1,5 +1,8 @@
-"""``posttrain data``: inspect a dataset (sizes, lengths, duplicates, language, contamination).
-The measurements are :mod:`posttrain.data.inspect`."""
+"""``posttrain data``: dataset tools.
+
+- ``inspect``: sizes, lengths, duplicates, language, contamination (:mod:`posttrain.data.inspect`);
+- ``ai-feedback``: preference pairs from several models' completions rated by an LM judge
+  (:mod:`posttrain.judges.feedback`, docs/judges.md)."""
 
 from __future__ import annotations
 
@@ -25,11 +28,79 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--language-sample", type=int, default=200, help="rows sampled for language detection (default 200)")
     q.add_argument("--no-contamination", action="store_true", help="skip the check against evaluation tasks")
     q.add_argument("--out", default=None, help="folder for report.md, report.json and lengths.png")
+    _add_ai_feedback(sub)
     return p
+
+
+AI_FEEDBACK_EPILOG = """\
+Example:
+  posttrain data ai-feedback --prompts prompts.jsonl --models runs/sft/model smollm2-135m-instruct \\
+      --judge http://localhost:8000/v1@Qwen/Qwen2.5-7B-Instruct --out pairs.jsonl
+  posttrain dpo data=pairs.jsonl model=runs/sft/model out=runs/dpo
+
+Judge specs: local:MODEL (a local causal LM) or URL@MODEL (an OpenAI-compatible server such as
+vllm serve; key from $OPENAI_API_KEY or --api-key-env). HTTP replies are cached on disk.
+"""
+
+
+def _add_ai_feedback(sub) -> None:
+    from posttrain.judges import feedback
+
+    q = sub.add_parser("ai-feedback", help="preference pairs: several models answer, an LM judge rates (UltraFeedback)",
+                       description=feedback.__doc__.replace("``", ""), epilog=AI_FEEDBACK_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("--prompts", required=True,
+                   help="jsonl/json/parquet (or builtin:NAME) with 'prompt' (string or messages) or 'messages'")
+    q.add_argument("--models", nargs="+", required=True,
+                   help="model specs that answer (two or more; the same spec twice samples it twice)")
+    q.add_argument("--judge", required=True, help="local:MODEL or http://HOST:PORT/v1@MODEL")
+    q.add_argument("--out", required=True, help="output .jsonl of preference rows")
+    q.add_argument("--temperatures", type=float, nargs="+", default=None,
+                   help="sampling temperature, one for all models or one per model (default 0.8; 0 = greedy)")
+    q.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
+    q.add_argument("--max-new-tokens", type=int, default=256, help="completion length budget (default 256)")
+    q.add_argument("--seed", type=int, default=0, help="sampling and rejected-pick seed (default 0)")
+    q.add_argument("--batch-size", type=int, default=8, help="prompts per generate / judge call (default 8)")
+    q.add_argument("--judge-max-new-tokens", type=int, default=128, help="local judge's reply budget (default 128)")
+    q.add_argument("--judge-score-mode", choices=("generate", "expected"), default="generate",
+                   help="local judge: parse a generated rating (default), or the probability-weighted rating "
+                        "(always a score; for small judges)")
+    q.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the HTTP judge's API key (default OPENAI_API_KEY)")
+    q.add_argument("--timeout", type=float, default=60.0, help="HTTP judge: seconds per request (default 60)")
+    q.add_argument("--max-retries", type=int, default=3, help="HTTP judge: retries on timeouts / 5xx (default 3)")
+    q.add_argument("--cache-dir", default=None, help="HTTP judge reply cache (default $POSTTRAIN_HOME/judge_cache)")
+    q.add_argument("--workers", type=int, default=4, help="HTTP judge: concurrent requests (default 4)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _ai_feedback(args) -> int:
+    from rich.console import Console
+
+    from posttrain.judges.feedback import ai_feedback
+
+    judge_options = {"max_new_tokens": args.judge_max_new_tokens, "score_mode": args.judge_score_mode,
+                     "api_key_env": args.api_key_env,
+                     "timeout": args.timeout, "max_retries": args.max_retries, "cache_dir": args.cache_dir,
+                     "workers": args.workers}
+    stats = ai_feedback(args.prompts, args.models, args.judge, args.out, temperatures=args.temperatures,
+                        seed=args.seed, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
+                        batch_size=args.batch_size, judge_options=judge_options, progress=not args.no_progress)
+    console = Console()
+    console.print(f"{stats['rows']} preference rows from {stats['prompts']} prompts -> {stats['out']} "
+                  f"(skipped: {stats['skipped_tie']} ties, {stats['skipped_unrated']} with < 2 ratings, "
+                  f"{stats['skipped_identical']} identical; {stats['judge_failures']}/{stats['judged']} judge "
+                  f"replies unreadable, {stats['empty_completions']} empty completions)")
+    console.print(f"time: sampling {stats['seconds_sampling']:.1f}s, judging {stats['seconds_judging']:.1f}s")
+    for raw in stats["failure_examples"]:
+        console.print(f"[dim]unreadable judge reply: {raw[:160]!r}[/dim]")
+    return 0
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "ai-feedback":
+        return _ai_feedback(args)
     from rich.console import Console
     from rich.markdown import Markdown
 

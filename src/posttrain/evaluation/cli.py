@@ -12,6 +12,7 @@ Examples:
   posttrain eval --model runs/sft/model --tasks gsm8k,ifeval --data-file gsm8k=gsm8k_test.jsonl
   posttrain eval --predictions preds.jsonl --tasks humaneval          # score saved completions
   posttrain eval --model M --tasks winrate --reference-model smollm2-135m-instruct --judge runs/rm/model
+  posttrain eval --model M --tasks alpacaeval --judge http://localhost:8000/v1@Qwen/Qwen2.5-7B-Instruct
   posttrain eval --model M --harness lm_eval --tasks arc_easy --limit 100
 
 A re-run into the same --out skips finished samples (OUT/<task>/samples.jsonl).
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a shared or "
                    "busy CPU 1 thread can be many times faster than oversubscribed cores)")
     g = p.add_argument_group("Judges")
-    g.add_argument("--judge", help="reward model that judges win rates (winrate, alpacaeval)")
+    g.add_argument("--judge", help="judge of win rates (winrate, alpacaeval): a reward model, or an LM judge "
+                   "local:MODEL / http://HOST:PORT/v1@MODEL (pairwise, both orders; docs/judges.md)")
     g.add_argument("--reference-model", help="model whose completions are the win-rate baseline")
     g.add_argument("--reward-model", help="reward model evaluated by rm_accuracy")
     g = p.add_argument_group("Harness")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -93,7 +94,8 @@ def item_values(task: Task, records: list[dict]) -> dict[str, list[float]]:
     - ``ifeval``: prompt-level strict and loose (1.0 when every instruction is followed).
     - ``pass_at_k``: unbiased pass@k (Chen et al. 2021, eq. 1) with c = completions scoring 1.0,
       for every k <= n.
-    - ``winrate``: win 1, tie 0.5, loss 0.
+    - ``winrate``: win 1, tie 0.5, loss 0 (a reward-model judge); P(win) (an LM judge, which
+      compares the two answers in both orders).
     """
     if task.kind in ("rm_accuracy", "loglik"):
         return {"accuracy": [float(bool(r["correct"])) for r in records]}
@@ -184,6 +186,7 @@ class _Run:
         self.judge_spec, self.reference_spec, self.reward_spec = judge, reference_model, reward_model
         self._scorers: dict[str, Any] = {}
         self._reference = None
+        self._lm_judge = None
 
     @property
     def model_id(self) -> str:
@@ -236,6 +239,19 @@ class _Run:
             self._scorers[spec] = RewardModelScorer(spec, batch_size=self.batch_size)
         return self._scorers[spec]
 
+    def lm_judge(self):
+        """The LM judge ``judge_spec`` names (posttrain.judges); a local judge on the evaluated
+        model reuses its loaded weights."""
+        if self._lm_judge is None:
+            from posttrain.judges import load_judge
+
+            loaded = {}
+            gen = self._generator
+            if isinstance(self.model_spec, str) and hasattr(gen, "model") and hasattr(gen, "tokenizer"):
+                loaded[self.model_spec] = (gen.model, gen.tokenizer)
+            self._lm_judge = load_judge(self.judge_spec, loaded_models=loaded, batch_size=self.batch_size)
+        return self._lm_judge
+
     def complete(self, gen, task_name: str, chunk: list[dict], settings: dict) -> list[list[str]]:
         if hasattr(gen, "lookup"):  # replayed predictions
             return [gen.lookup(task_name, s["id"], settings["num_samples"]) for s in chunk]
@@ -247,7 +263,7 @@ class _Run:
 
 def _missing_needs(task: Task, run: _Run, samples: list[dict] | None = None) -> str | None:
     if "judge" in task.needs and not run.judge_spec:
-        return "needs --judge (a reward model)"
+        return "needs --judge (a reward model, or an LM judge: local:MODEL, URL@MODEL)"
     if "reference" in task.needs and not run.reference_spec:
         return "needs --reference-model (the baseline)"
     if "reward_model" in task.needs and not run.reward_spec:
@@ -316,8 +332,17 @@ def _process_winrate(run: _Run, task: Task, chunk: list[dict], settings: dict, p
         references = [cs[0] for cs in run.complete(run.reference(), task.name, chunk, one)]
     else:
         references = [s["reference"] for s in chunk]
-    scorer = run.scorer(run.judge_spec)
     prompts = [s["messages"] for s in chunk]
+    from posttrain.judges import is_judge_spec
+
+    if is_judge_spec(run.judge_spec):
+        # an LM judge compares the two answers side by side, both orders (AlpacaEval-style); the
+        # win value is P(model's answer better), a tie (0.5) when no verdict could be read
+        prefs = run.lm_judge().compare_many(prompts, outputs, references)
+        return [{"id": s["id"], "prompt": s["prompt_text"], "completion": o, "reference": ref,
+                 "judge_preference": None if math.isnan(p) else p, "win": 0.5 if math.isnan(p) else p}
+                for s, o, ref, p in zip(chunk, outputs, references, prefs)]
+    scorer = run.scorer(run.judge_spec)
     mine, theirs = scorer.score(prompts, outputs), scorer.score(prompts, references)
     return [{"id": s["id"], "prompt": s["prompt_text"], "completion": o, "reference": ref, "score": a,
              "reference_score": b, "win": 1.0 if a > b else 0.5 if a == b else 0.0}
@@ -413,6 +438,10 @@ def evaluate(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1, got {limit}")
+    from posttrain.judges import is_judge_spec, parse_judge_spec
+
+    if is_judge_spec(judge):
+        parse_judge_spec(judge)   # a malformed LM judge spec fails before any model loads
     names, is_suite = resolve_tasks(tasks) if (tasks or not harness_tasks) else ([], False)
     run = _Run(model, tokenizer, batch_size, seed, generator, predictions, judge, reference_model, reward_model,
                workers, log)

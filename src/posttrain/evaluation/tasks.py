@@ -18,9 +18,10 @@ and names how a completion is scored (``scorer``: a verifier of :mod:`posttrain.
 - ``rm_accuracy``: a reward model ranks ``chosen`` over ``rejected`` (RewardBench style; ties are
   wrong), needs ``--reward-model``;
 - ``winrate``: the model's completion against a reference completion (the data's ``reference``
-  column, or ``--reference-model`` generations), judged by a reward model (``--judge``): win 1,
+  column, or ``--reference-model`` generations), judged by ``--judge``: a reward model (win 1,
   tie 0.5, loss 0 — AlpacaEval's pairwise win rate with a reward model in place of the GPT-4
-  annotator.
+  annotator) or an LM judge spec (``local:MODEL``, ``URL@MODEL``: the two answers side by side in
+  both orders, win = P(model's answer better); :mod:`posttrain.judges`).
 
 Tags follow TÜLU 3's split (Lambert et al. 2024, table 4): ``dev`` tasks guide development,
 ``unseen`` ones are held out. Built-in tasks run offline; hub tasks load their dataset by name
