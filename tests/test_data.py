@@ -225,3 +225,38 @@ def test_rlvr_rows_accept_open_instruct_dataset_column():
     assert row["verifier"] == "gsm8k" and row["messages"][-1]["role"] == "user"
     with pytest.raises(DataError, match="field 'verifier': missing"):
         validate_rows([{"prompt": "1+1?", "ground_truth": "2"}], "rlvr", "r")
+
+
+def _final_number(text: str) -> int:
+    return int(text.rsplit("The answer is ", 1)[1].rstrip("."))
+
+
+def test_arithmetic_preference_mistakes_are_the_named_kinds():
+    from posttrain.data.builtin import EQUATION, arithmetic_preference
+
+    default = arithmetic_preference(n=30, difficulty=(1, 2, 3))
+    assert default == arithmetic_preference(n=30, difficulty=(1, 2, 3), mistakes=["slip"])  # default unchanged
+    for row in default:  # a slip: every line but the last two is the chosen answer's
+        chosen, rejected = (row[k][0]["content"].splitlines() for k in ("chosen", "rejected"))
+        assert rejected[:-2] == chosen[:-2] and rejected[-2] != chosen[-2]
+
+    rows = arithmetic_preference(n=60, difficulty=(1, 3), mistakes=["operation", "dropped_step"])
+    kinds = []
+    for row in rows:
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        assert _final_number(chosen) == int(row["ground_truth"]) != _final_number(rejected)
+        correct_arithmetic = all({"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op] == int(r)
+                                 for a, op, b, r in EQUATION.findall(rejected))
+        ops = lambda text: [op for _, op, _, _ in EQUATION.findall(text)]
+        if len(rejected.splitlines()) < len(chosen.splitlines()):
+            kinds.append("dropped_step")   # stops after the product, whose result it reports
+            assert correct_arithmetic and ops(rejected) == ["*"]
+        elif ops(rejected) != ops(chosen):
+            kinds.append("operation")      # the wrong operation, the arithmetic itself right
+            assert correct_arithmetic
+        else:
+            kinds.append("slip")           # fallback where the other mistake gives no wrong answer
+            assert not correct_arithmetic
+    assert kinds.count("operation") > 20 and kinds.count("dropped_step") > 10
+    with pytest.raises(ValueError, match="mistakes=.*choose from slip, operation, dropped_step"):
+        arithmetic_preference(n=2, mistakes=["typo"])

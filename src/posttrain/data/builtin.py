@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from typing import Callable
 
 NAMES = ["Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Ben", "Noa", "Eli", "Ada", "Max"]
@@ -112,16 +113,62 @@ def _plausible_wrong(rng: random.Random, answer: int) -> int:
     return rng.choice(sorted(candidates))
 
 
-def arithmetic_preference(split: str = "train", n: int = 1000, seed: int = 0, difficulty=(1, 2, 3)) -> list[dict]:
-    """Preference pairs: chosen = the correct worked answer; rejected = the same steps with a
-    plausible slip in the last line, so the pair differs only in correctness."""
+EQUATION = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)")
+WRONG_OPERATION = {"+": "-", "-": "+", "*": "+"}  # the slips the SFT model makes on story problems
+MISTAKES = ("slip", "operation", "dropped_step")
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def _mistaken_steps(steps: list[str], answer: int, mistake: str, rng: random.Random) -> tuple[list[str], int]:
+    """(rejected steps, their wrong answer) for one kind of mistake, each seen in the embedded SFT
+    model's own failures (docs/results): ``slip`` — right method, a plausible error in the last
+    result; ``operation`` — the wrong operation for the story ("loses 3" read as + 3, a product
+    read as a sum), carried through; ``dropped_step`` — a two-step problem answered after its
+    first step (the one-line answers RL on single-digit prompts drifts to). A mistake that does
+    not apply to a problem (no second step to drop) falls back to ``slip``."""
+    if mistake == "dropped_step" and len(steps) == 2 and "*" in steps[0]:
+        partial = int(EQUATION.search(steps[0]).group(4))
+        if partial != answer:
+            return steps[:1], partial
+    if mistake == "operation":
+        first = next((i for i, step in enumerate(steps) if EQUATION.search(step)), None)
+        a, op, b, _ = EQUATION.search(steps[first]).groups()
+        a, b, wrong_op = int(a), int(b), WRONG_OPERATION[op]
+        if wrong_op == "-":
+            a, b = max(a, b), min(a, b)
+        value = _apply(a, wrong_op, b)
+        bad = steps[:first] + [EQUATION.sub(f"{a} {wrong_op} {b} = {value}", steps[first], count=1)]
+        for step in steps[first + 1:]:  # later steps carry the wrong intermediate value on
+            _, later_op, y, _ = EQUATION.search(step).groups()
+            carried = _apply(value, later_op, int(y))
+            bad.append(EQUATION.sub(f"{value} {later_op} {y} = {carried}", step, count=1))
+            value = carried
+        if value != answer and value >= 0:
+            return bad, value
+    wrong = _plausible_wrong(rng, answer)
+    last = steps[-1].rsplit("=", 1)[0]
+    return steps[:-1] + [f"{last}= {wrong}."], wrong
+
+
+def arithmetic_preference(split: str = "train", n: int = 1000, seed: int = 0, difficulty=(1, 2, 3),
+                          mistakes=("slip",)) -> list[dict]:
+    """Preference pairs: chosen = the correct worked answer; rejected = the same problem worked
+    with one mistake (``mistakes``: ``slip``, ``operation``, ``dropped_step``, drawn in turn;
+    see ``_mistaken_steps``). The default, ``slip`` only, makes pairs that differ only in the
+    last result."""
     _check_split(split)
+    kinds = [mistakes] if isinstance(mistakes, str) else list(mistakes)
+    unknown = sorted(set(kinds) - set(MISTAKES))
+    if unknown or not kinds:
+        raise ValueError(f"mistakes={kinds}: choose from {', '.join(MISTAKES)}")
     rng = random.Random(f"pref:{seed}:{split}")
     rows = []
-    for question, steps, answer, level in _problems(split, n, seed, difficulty):
-        wrong = _plausible_wrong(rng, answer)
-        last = steps[-1].rsplit("=", 1)[0]
-        bad_steps = steps[:-1] + [f"{last}= {wrong}."]
+    for i, (question, steps, answer, level) in enumerate(_problems(split, n, seed, difficulty)):
+        mistake = kinds[i % len(kinds)]
+        bad_steps, wrong = _mistaken_steps(steps, answer, mistake, rng)
         rows.append({"prompt": [{"role": "user", "content": question + INSTRUCTION}],
                      "chosen": [{"role": "assistant", "content": "\n".join(steps + [f"The answer is {answer}."])}],
                      "rejected": [{"role": "assistant", "content": "\n".join(bad_steps + [f"The answer is {wrong}."])}],
