@@ -81,3 +81,18 @@ def ray_cluster():
     ray.shutdown()
     cluster.shutdown()
 
+
+
+@pytest.fixture
+def isolated_posttrain_home(tmp_path, monkeypatch):
+    """A fresh POSTTRAIN_HOME under tmp_path (caches start empty) that still sees the embedded
+    models already converted under the real one (no second conversion)."""
+    from posttrain.models import embedded
+
+    real = embedded.posttrain_home()
+    home = tmp_path / "home"
+    monkeypatch.setenv("POSTTRAIN_HOME", str(home))
+    home.mkdir()
+    if (real / "models").exists():
+        os.symlink(real / "models", home / "models")
+    return home

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 
 import pytest
 
@@ -42,14 +41,8 @@ def judge_server():
 
 
 @pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    from posttrain.models import embedded
-
-    real = embedded.posttrain_home()
-    monkeypatch.setenv("POSTTRAIN_HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    if (real / "models").exists():
-        os.symlink(real / "models", tmp_path / "home" / "models")
+def _home(isolated_posttrain_home):
+    """Every test here gets its own POSTTRAIN_HOME (conftest)."""
 
 
 def write_prompts(path, prompts=PROMPTS):

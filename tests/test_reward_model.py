@@ -29,14 +29,8 @@ ROWS = [
 
 
 @pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    from posttrain.models import embedded
-
-    real = embedded.posttrain_home()
-    monkeypatch.setenv("POSTTRAIN_HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    if (real / "models").exists():
-        os.symlink(real / "models", tmp_path / "home" / "models")
+def _home(isolated_posttrain_home):
+    """Every test here gets its own POSTTRAIN_HOME (conftest)."""
 
 
 @pytest.fixture

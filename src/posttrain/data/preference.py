@@ -171,18 +171,26 @@ def tokenize_pairs(rows: list[dict], tokenizer, max_length: int, max_prompt_leng
     keep_cols = ("prompt", "chosen", "rejected", "margin", "subset")
     examples, _hit = cached_tokenize([{k: r[k] for k in keep_cols if k in r} for r in valid], tokenizer,
                                      settings, encode)
+    kept = keep_with_responses(examples, ("chosen_ids", "rejected_ids"), stats, source, max_length, "pair")
+    return kept, stats
+
+
+def keep_with_responses(examples: list[dict], response_keys: tuple[str, ...], stats: PairStats, source: str,
+                        max_length: int, what: str) -> list[dict]:
+    """The tokenised examples whose every response still has a token after truncation (counted in
+    ``stats``); none left is a ``DataError`` saying which setting to change."""
     kept = []
     for e in examples:
         stats.truncated += bool(e["truncated"])
-        if len(e["chosen_ids"]) == 0 or len(e["rejected_ids"]) == 0:
+        if any(len(e[key]) == 0 for key in response_keys):
             stats.dropped_empty += 1
             continue
         kept.append(e)
     stats.kept = len(kept)
     if not kept:
-        raise DataError(f"{source}: no pair has a response token left after truncation to max_length={max_length}: "
-                        f"raise max_length or lower max_prompt_length")
-    return kept, stats
+        raise DataError(f"{source}: no {what} has a response token left after truncation to max_length="
+                        f"{max_length}: raise max_length or lower max_prompt_length")
+    return kept
 
 
 class PairBatches:

@@ -31,7 +31,8 @@ from __future__ import annotations
 import torch
 
 from posttrain.data.formats import DataError, unpair, validate_unpaired_row
-from posttrain.data.preference import PairStats, encode_responses, has_chat_template, pad_rows, validate_pairs
+from posttrain.data.preference import PairStats, encode_responses, has_chat_template, keep_with_responses, pad_rows, \
+    validate_pairs
 
 
 def encode_unpaired_row(tokenizer, row: dict, max_length: int, max_prompt_length: int | None) -> dict:
@@ -60,17 +61,7 @@ def tokenize_unpaired(rows: list[dict], tokenizer, max_length: int, max_prompt_l
     keep_cols = ("prompt", "completion", "label", "subset")
     examples, _hit = cached_tokenize([{k: e[k] for k in keep_cols if k in e} for e in unpaired], tokenizer,
                                      settings, encode)
-    kept = []
-    for e in examples:
-        stats.truncated += bool(e["truncated"])
-        if not e["completion_ids"]:
-            stats.dropped_empty += 1
-            continue
-        kept.append(e)
-    stats.kept = len(kept)
-    if not kept:
-        raise DataError(f"{source}: no example has a completion token left after truncation to max_length="
-                        f"{max_length}: raise max_length or lower max_prompt_length")
+    kept = keep_with_responses(examples, ("completion_ids",), stats, source, max_length, "example")
     try:
         partners = mismatched_partners([e["prompt_ids"] for e in kept], seed)
     except ValueError as e:
