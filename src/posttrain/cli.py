@@ -40,6 +40,8 @@ TRAINING_COMMANDS = {
             "Kahneman–Tversky optimisation on completions labelled desirable / undesirable (or unpaired pairs)"),
     "orpo": ("posttrain.train.orpo:ORPOConfig", "posttrain.train.orpo:run_orpo",
              "odds-ratio preference optimisation: SFT + preference in one stage, no reference model"),
+    "online-dpo": ("posttrain.train.online_dpo:OnlineDPOConfig", "posttrain.train.online_dpo:run_online_dpo",
+                   "online DPO: sample pairs from the policy, rank them with a judge (verifier, reward model, LM)"),
     "reward": ("posttrain.train.reward:RewardConfig", "posttrain.train.reward:run_reward",
                "Bradley–Terry reward model (model_type=vpl: pluralistic, per-user)"),
     **rl_commands(),   # grpo, rloo, ppo, nlpo, …: one per posttrain.train.rl.algorithms.ALGORITHMS entry

@@ -22,6 +22,8 @@ a penalty of 1 on completions cut off before EOS)::
                            ground_truth=gts, verifier=names)
 
 A reward model is just another component with the same signature; its multiplier is the weight.
+So is an LM judge (``{"judge": "local:MODEL"}`` or ``{"judge": "http://HOST:PORT/v1@MODEL"}``): its
+rubric rating scaled to [0, 1], an unreadable reply adding nothing (``rewards/judge.py``).
 """
 
 from __future__ import annotations
@@ -223,7 +225,8 @@ class RewardComposer:
 _VERIFIER_KEYS = {"verifier", "weight", "correct_value", "options", "name"}
 _FUNCTION_KEYS = {"function", "weight", "name"}
 _REWARD_MODEL_KEYS = {"reward_model", "weight", "name", "options"}
-_KINDS = ("verifier", "function", "reward_model")
+_JUDGE_KEYS = {"judge", "weight", "name", "options"}
+_KINDS = ("verifier", "function", "reward_model", "judge")
 
 
 def _close(word: str, choices) -> str:
@@ -247,9 +250,10 @@ def check_reward_spec(spec: Sequence[dict]) -> None:
         kinds = [k for k in _KINDS if k in entry]
         if len(kinds) != 1:
             hint = "".join(_close(k, _KINDS) for k in entry if k not in _KINDS)[:80]
-            raise ValueError(f"reward entry {i} needs exactly one of 'verifier', 'function' or 'reward_model'"
+            raise ValueError(f"reward entry {i} needs exactly one of 'verifier', 'function', 'reward_model' or 'judge'"
                              f"{hint}: {entry}")
-        allowed = {"verifier": _VERIFIER_KEYS, "function": _FUNCTION_KEYS, "reward_model": _REWARD_MODEL_KEYS}[kinds[0]]
+        allowed = {"verifier": _VERIFIER_KEYS, "function": _FUNCTION_KEYS, "reward_model": _REWARD_MODEL_KEYS,
+                   "judge": _JUDGE_KEYS}[kinds[0]]
         unknown = sorted(set(entry) - allowed, key=str)
         if unknown:
             more = f" (and {unknown[1:]})" if unknown[1:] else ""
@@ -263,10 +267,30 @@ def check_reward_spec(spec: Sequence[dict]) -> None:
                 raise ValueError(f"reward entry {i}: {key} must be a number, got {value!r}")
         if entry.get("options") is not None and not isinstance(entry["options"], dict):
             raise ValueError(f"reward entry {i}: options must be a mapping, got {entry['options']!r}")
+        if "judge" in entry:
+            _check_judge_entry(i, entry)
         name = entry.get("verifier")
         if name is not None and name != "auto" and name not in list_verifiers():
             raise ValueError(f"reward entry {i}: unknown verifier {name!r}{_close(name, list_verifiers())}; "
                              f"known verifiers: auto, {', '.join(list_verifiers())}")
+
+
+def _check_judge_entry(i: int, entry: dict) -> None:
+    """The judge spec parses and its options are ``load_judge``'s (nothing is loaded)."""
+    from posttrain.config import ConfigError
+    from posttrain.judges.spec import check_judge
+    from posttrain.rewards.judge import judge_option_names
+
+    options = entry.get("options") or {}
+    try:
+        check_judge(str(entry["judge"]), options.get("score_mode", "generate"))
+    except ConfigError as e:
+        raise ValueError(f"reward entry {i}: {e}") from None
+    allowed = judge_option_names()
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"reward entry {i}: unknown judge option {unknown[0]!r}{_close(unknown[0], allowed)}; "
+                         f"judge options: {sorted(allowed)}")
 
 
 def build_reward(spec: Sequence[dict], no_eos_penalty: float = 0.0) -> RewardComposer:
@@ -277,6 +301,7 @@ def build_reward(spec: Sequence[dict], no_eos_penalty: float = 0.0) -> RewardCom
         {"function": "mypkg.rewards:len_penalty", "weight": 0.1, "name": ...}
         {"function": rm_scorer, "weight": 0.5}     # a callable in hand
         {"reward_model": "runs/rm/model", "weight": 1.0, "options": {"scale": 1.0, "batch_size": 8}}
+        {"judge": "local:runs/judge/model", "weight": 1.0, "options": {"batch_size": 8}}   # loaded here, once
 
     Unknown keys are errors that name the key. Default component names: the verifier name, or
     the function's name.
@@ -297,6 +322,11 @@ def build_reward(spec: Sequence[dict], no_eos_penalty: float = 0.0) -> RewardCom
 
             fn = reward_model(entry["reward_model"], **(entry.get("options") or {}))
             name = entry.get("name", "reward_model")
+        elif "judge" in entry:
+            from posttrain.rewards.judge import JudgeReward
+
+            fn = JudgeReward(str(entry["judge"]), **(entry.get("options") or {}))
+            name = entry.get("name", "judge")
         else:
             target = entry["function"]
             fn = load_callable(target) if isinstance(target, str) else target

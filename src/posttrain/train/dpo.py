@@ -44,10 +44,10 @@ OWN_COMMANDS = {"kto": "posttrain kto", "orpo": "posttrain orpo"}   # losses of 
 
 
 @dataclasses.dataclass
-class DPOConfig(PreferenceOptions):
-    """``posttrain dpo``: preference optimisation on ``prompt`` / ``chosen`` / ``rejected`` rows."""
+class DPOLossOptions:
+    """The DPO family's loss options, shared by ``posttrain dpo`` (offline pairs) and ``posttrain
+    online-dpo`` (pairs judged from the policy's own samples); checked by ``check_dpo_loss``."""
 
-    learning_rate: float = opt(5e-6, "peak learning rate (AdamW); DPO wants far less than SFT", "Optimization")
     loss_type: str = opt("dpo", "dpo (sigmoid), dpo_norm (sigmoid_norm), simpo, ipo, hinge", "Preference")
     beta: float = opt(0.1, "β: KL strength / inverse temperature (dpo 0.1; TÜLU 3 dpo_norm 5; simpo 2–2.5)",
                       "Preference")
@@ -55,18 +55,13 @@ class DPOConfig(PreferenceOptions):
                                  "Preference")
     simpo_gamma: float = opt(0.5, "SimPO target margin γ in reward units (simpo only)", "Preference")
     wpo: bool = opt(False, "weight pairs by the policy's probability of producing them (WPO)", "Preference")
-    reference: str = reference_option()
-    chunked_loss: bool = chunked_loss_option()
-    eval_at_start: bool = eval_at_start_option()
 
-    def validate(self):
-        super().validate()
+    def check_dpo_loss(self):
         if self.loss_type in OWN_COMMANDS:
             raise ConfigError(f"loss_type={self.loss_type!r}: {self.loss_type.upper()} has a trainer of its own, "
                               f"run `{OWN_COMMANDS[self.loss_type]}`")
         if self.loss_type not in LOSS_SPECS:
             raise ConfigError(f"loss_type={self.loss_type!r}: choose one of {', '.join(LOSS_SPECS)}")
-        check_reference(self)
         if self.beta <= 0:
             raise ConfigError(f"beta={self.beta}: must be > 0")
         accepted = loss_keywords(self.loss_type)
@@ -77,6 +72,21 @@ class DPOConfig(PreferenceOptions):
             raise ConfigError(f"label_smoothing={self.label_smoothing}: must lie in [0, 0.5)")
         if self.simpo_gamma != 0.5 and "gamma" not in accepted:
             raise ConfigError(f"simpo_gamma applies to loss_type=simpo only, not {self.loss_type}")
+
+
+@dataclasses.dataclass
+class DPOConfig(DPOLossOptions, PreferenceOptions):
+    """``posttrain dpo``: preference optimisation on ``prompt`` / ``chosen`` / ``rejected`` rows."""
+
+    learning_rate: float = opt(5e-6, "peak learning rate (AdamW); DPO wants far less than SFT", "Optimization")
+    reference: str = reference_option()
+    chunked_loss: bool = chunked_loss_option()
+    eval_at_start: bool = eval_at_start_option()
+
+    def validate(self):
+        super().validate()
+        self.check_dpo_loss()
+        check_reference(self)
         if not 0 < self.max_prompt_length < self.max_length:
             raise ConfigError(f"max_prompt_length={self.max_prompt_length} must lie in (0, max_length="
                               f"{self.max_length}) so every response keeps some tokens")
@@ -88,7 +98,7 @@ def loss_keywords(loss_type: str) -> set[str]:
     return {n for n, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def loss_options(config: DPOConfig) -> dict[str, float]:
+def loss_options(config: DPOLossOptions) -> dict[str, float]:
     available = {"label_smoothing": config.label_smoothing, "gamma": config.simpo_gamma}
     return {k: v for k, v in available.items() if k in loss_keywords(config.loss_type)}
 
@@ -97,7 +107,7 @@ def loss_options(config: DPOConfig) -> dict[str, float]:
 # One step
 
 
-def dpo_step(config: DPOConfig, reference: Reference | None):
+def dpo_step(config, reference: Reference | None):
     """``step(model, batch) -> (Σ per-pair losses, metrics)``; the engine divides by the pair count."""
     spec = loss_spec(config.loss_type)
     options = loss_options(config)

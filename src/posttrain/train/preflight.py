@@ -9,7 +9,9 @@ hour; a run that silently trains on the wrong thing costs more. So each trainer'
 2. every data source loads and every row has the shape its trainer needs (``data/formats.py``),
    the error naming the source file and the row's own line, whatever the mixture did;
 3. for RL: every reward component is well formed (known keys, known verifiers, importable
-   functions), and every row's verifier exists and accepts the row's ground truth.
+   functions, parseable LM-judge specs whose local model exists), and every row's verifier exists
+   and accepts the row's ground truth; for online DPO the same, its judge read as the one
+   reward component it amounts to (``OnlineDPOConfig.judge_reward``).
 
 Every failure is a ``ConfigError`` or ``DataError``, which the CLI prints as one line (exit
 code 2, no traceback).
@@ -33,7 +35,9 @@ def preflight(options: TrainingOptions) -> Path:
     if is_main_process():
         check_resume_config(options, run_dir)
     if hasattr(options, "reward"):   # online RL: grpo, rloo, ppo, nlpo
-        _check_rl(options)
+        _check_rl(options, options.reward)
+    elif hasattr(options, "judge_reward"):   # online DPO: prompts as RL reads them, its judge as a reward
+        _check_rl(options, options.judge_reward())
     else:
         kind = getattr(options, "data_kind", None) or ("sft" if _is_sft(options) else "preference")
         # Preference trainers may skip and count bad rows (skip_invalid_rows): then only the
@@ -62,9 +66,9 @@ def check_rows(rows: list, kind: str, source: str) -> list[tuple[str, dict]]:
 # --------------------------------------------------------------------------- RL
 
 
-def _check_rl(options) -> None:
-    check_reward_components(options.reward)
-    verifier_entries = [e for e in options.reward if "verifier" in e]
+def _check_rl(options, reward: list) -> None:
+    check_reward_components(reward)
+    verifier_entries = [e for e in reward if "verifier" in e]
     fixed = next((e["verifier"] for e in verifier_entries if e["verifier"] != "auto"), None)
     needs_answer = bool(verifier_entries)   # as the trainer decides: else bare prompts will do
     rows = check_rows(mix_sources(options.data, seed=options.seed), "rlvr" if needs_answer else "rl_prompt", "data")
@@ -95,6 +99,14 @@ def check_reward_components(spec) -> None:
                 target = str(entry["reward_model"])
                 if target.startswith((".", "/", "~", "runs/")) and not Path(target).expanduser().exists():
                     raise ValueError(f"reward entry {i}: reward model folder {target} does not exist")
+            elif "judge" in entry and str(entry["judge"]).startswith("local:"):
+                from posttrain.models import resolve_model_path
+                from posttrain.models.loading import ModelError
+
+                try:   # a missing judge model fails now, not after the policy has loaded
+                    resolve_model_path(str(entry["judge"])[len("local:"):].strip())
+                except ModelError as e:
+                    raise ValueError(f"reward entry {i}: judge {entry['judge']!r}: {e}") from None
     except (ValueError, TypeError, KeyError, ImportError, AttributeError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise ConfigError(f"reward: {message}") from None

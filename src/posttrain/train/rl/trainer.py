@@ -60,6 +60,7 @@ from posttrain.losses.kl import AdaptiveKLController, FixedKLController, kl_esti
 from posttrain.losses.policy import aggregation_normalizer, explained_variance, masked_mean, nlpo_topp_mask, \
     tis_weights, value_loss
 from posttrain.rewards.compose import build_reward
+from posttrain.rewards.judge import JudgeReward
 from posttrain.train.common import load_policy, log, prepare_run
 from accelerate.utils import gather_object
 from posttrain.train.engine import Engine, TrainingError
@@ -103,16 +104,21 @@ def reward_spec(config: RLConfig) -> list:
 
 def score(reward, rows: list[dict], rollout: Rollout) -> tuple[torch.Tensor, dict[str, tuple[float, int]]]:
     """Total reward per completion (B,) and, per component ``reward/<name>``, the sum and count
-    of its defined (non-NaN) values, to be averaged over all processes."""
+    of its defined (non-NaN) values, to be averaged over all processes. An LM-judge component also
+    gives ``reward/<name>/unscored``: the share of completions whose judge reply held no readable
+    rating (they add 0 to the total)."""
     picked = [rows[i] for i in rollout.prompt_index.tolist()]
     keys = dict.fromkeys(k for r in picked for k in r if k not in ("messages", "prompt_ids"))
     columns = {key: [r.get(key) for r in picked] for key in keys}
     totals, parts = reward([r["messages"] for r in picked], rollout.texts, finished=rollout.finished.tolist(),
                            **columns)
     sums = {}
+    judges = {name for name, fn, _ in reward.components if isinstance(fn, JudgeReward)}
     for name, values in parts.items():
         finite = [v for v in values if not math.isnan(v)]
         sums[f"reward/{name}"] = (float(sum(finite)), len(finite))
+        if name in judges:
+            sums[f"reward/{name}/unscored"] = (float(len(values) - len(finite)), len(values))
     return torch.tensor(totals, dtype=torch.float32), sums
 
 
@@ -145,6 +151,23 @@ def summarize_heldout(items: list[dict]) -> dict:
     return {"accuracy": sum(i["score"] for i in items) / n, "n": len(items), "correct": sum(i["score"] for i in items),
             "response_length": sum(i["length"] for i in items) / n,
             "truncated_share": sum(i["truncated"] for i in items) / n}
+
+
+def heldout_on_processes(engine: Engine, backend, rows: list[dict], max_new_tokens: int, run_dir: Path) -> dict:
+    """``summarize_heldout`` of the greedy held-out items, the rows shared out over the processes;
+    the main process appends every row's result to ``eval_samples.jsonl`` (for paired before/after
+    comparisons)."""
+    # Each process answers every world-th held-out row; the main process writes them all.
+    # (Sharded, every process generates every row: lockstep generation needs equal calls.)
+    split = engine.world > 1 and not engine.sharded
+    mine = heldout_items(backend, rows[engine.rank::engine.world] if split else rows, max_new_tokens,
+                         first_index=engine.rank if split else 0, stride=engine.world if split else 1)
+    items = sorted(gather_object(mine) if split else mine, key=lambda item: item["index"])
+    if engine.is_main:
+        with (run_dir / "eval_samples.jsonl").open("a") as f:
+            for item in items:
+                f.write(json.dumps({"step": engine.state.step, **item}) + "\n")
+    return summarize_heldout(items)
 
 
 def heldout_accuracy(backend, rows: list[dict], max_new_tokens: int, batch_size: int = 32) -> dict:
@@ -253,18 +276,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
     rl_state = RLState(kl_controller, engine, backend, mask_model)
 
     def heldout(_model) -> dict:
-        # Each process answers every world-th held-out row; the main process writes them all.
-        # (Sharded, every process generates every row: lockstep generation needs equal calls.)
-        split = engine.world > 1 and not engine.sharded
-        mine = heldout_items(backend, eval_rows[engine.rank::engine.world] if split else eval_rows,
-                             config.max_new_tokens, first_index=engine.rank if split else 0,
-                             stride=engine.world if split else 1)
-        items = sorted(gather_object(mine) if split else mine, key=lambda item: item["index"])
-        if main:  # per-row results for paired before/after comparisons
-            with (run_dir / "eval_samples.jsonl").open("a") as f:
-                for item in items:
-                    f.write(json.dumps({"step": engine.state.step, **item}) + "\n")
-        return summarize_heldout(items)
+        return heldout_on_processes(engine, backend, eval_rows, config.max_new_tokens, run_dir)
 
     # --- one optimizer update on a minibatch: the clipped surrogate (+ value loss)
     def update_step(model, micro):
@@ -604,7 +616,7 @@ def write_reward_report_inputs(run_dir: Path, config: RLConfig, reward, kl_contr
     evals = [r for r in records if "eval_accuracy" in r]
     components = []
     for entry, (name, _, weight) in zip(reward_spec(config), reward.components):
-        kind = next(k for k in ("verifier", "function", "reward_model") if k in entry)
+        kind = next(k for k in ("verifier", "function", "reward_model", "judge") if k in entry)
         target = entry.get(kind)
         components.append({"name": name, "kind": kind, "target": target if isinstance(target, str) else repr(target),
                            "weight": weight, "correct_value": entry.get("correct_value")})
