@@ -1,12 +1,14 @@
 """Every training command runs under ``accelerate launch --multi_gpu --num_processes 2`` (gloo,
 CPU) exactly as the README's "Scaling out" shows, and follows the one-process run's loss
 trajectory: SFT, DPO, KTO (its KL reference point gathered over both processes), ORPO and the
-reward model with the same global batch (half the per-process batch on two processes), RLOO and NLPO with the same global ``prompts_per_step``. (GRPO and PPO,
+reward model with the same global batch (half the per-process batch on two processes), RLOO, NLPO and
+online DPO with the same global ``prompts_per_step``. (GRPO and PPO,
 with rollouts and gradients, are in test_rl_distributed.py; SFT's first-step gradients in
 test_engine.py.)"""
 
 from __future__ import annotations
 
+import math
 
 import pytest
 
@@ -29,6 +31,10 @@ CASES = {
              "batch_size=2"),
     "reward": ([PAIRS, "max_length=128", "max_prompt_length=64", "eval_data=[]"], "batch_size=4", "batch_size=2"),
     "rloo": (RL, "", ""),
+    # each process samples, judges and pairs its half of the prompts; the loss is over both halves' pairs
+    "online-dpo": (["max_new_tokens=6", "num_generations=2", "prompts_per_step=4", "temperature=1.5", "beta=0.5",
+                    "warmup_ratio=0", "data=[{source: 'builtin:arithmetic_rlvr', n: 8}]", "eval_data=[]",
+                    "save_samples=0", "judge=function:test_rl:length_reward"], "batch_size=2", "batch_size=2"),
     "nlpo": (RL + ["ppo_epochs=1", "num_minibatches=2", "mask_refresh_steps=1"], "", ""),
 }
 
@@ -50,4 +56,7 @@ def test_command_on_two_processes_follows_one_process(command, tiny_model_dir, t
         kl_one, kl_two = ([r["kl"] for r in read_metrics(tmp_path / run) if "kl" in r] for run in ("one", "two"))
         # log-ratios of float32 sums of ~-300 (ulp 3e-5), the reference precomputed in other batches: abs 1e-4
         assert kl_one[-1] > 0.1 and kl_two == pytest.approx(kl_one, rel=1e-4, abs=1e-4)
+    if command == "online-dpo":   # the same judged pairs, and a second step that moved off ln 2
+        pairs_one, pairs_two = ([r["pairs"] for r in read_metrics(tmp_path / run) if "pairs" in r] for run in ("one", "two"))
+        assert pairs_two == pairs_one and min(pairs_one) > 0 and abs(one[1] - math.log(2)) > 1e-4
     assert (tmp_path / "two" / "model" / "config.json").exists()
