@@ -262,3 +262,35 @@ def test_kto_and_orpo_rows_are_checked_before_the_model_loads(tmp_path, capsys, 
     line = _run(capsys, [command, f"data=[{path}]", "eval_data=[]", NO_MODEL, f"out={tmp_path / 'run'}"])
     assert f"{path}, line 22, {expected}" in line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("bad, judge, expected", [
+    ({"ground_truth": "3", "verifier": "gsm8k"}, "verifier:auto",
+     "field 'prompt': missing. RLVR rows need 'prompt' or 'messages'"),
+    ({"prompt": "2+2?", "verifier": "gsm8k"}, "verifier:auto", "field 'ground_truth': missing"),
+    ({"prompt": "2+2?", "ground_truth": "4", "verifier": "gsm9k"}, "verifier:auto",
+     "field 'verifier': unknown verifier 'gsm9k' (did you mean 'gsm8k'?)"),
+    ({"prompt": "  "}, "function:test_rl:length_reward", "field 'prompt': the prompt is empty"),
+])
+def test_online_dpo_rows_are_checked_before_the_model_loads(tmp_path, capsys, bad, judge, expected):
+    rows = [_rl(i) for i in range(30)]
+    rows[11] = bad   # line 12
+    path = _jsonl(tmp_path / "prompts.jsonl", rows)
+    line = _run(capsys, ["online-dpo", f"data=[{path}]", "eval_data=[]", f"judge={judge}", NO_MODEL,
+                         f"out={tmp_path / 'run'}"])
+    assert f"{path}, line 12, {expected}" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("judge, expected", [
+    ("lokal:smollm2", "judge='lokal:smollm2': not a judge; give verifier:NAME, verifier:auto, function:MODULE:FN"),
+    ("http://localhost:8000/v1", "name the served model after the URL, as URL@MODEL"),
+    ("local:./no/such/judge", "reward: reward entry 0: judge 'local:./no/such/judge': model path './no/such/judge' "
+                              "does not exist"),
+    ("verifier:gsm9k", "unknown verifier 'gsm9k' (did you mean 'gsm8k'?)"),
+    ("function:no_such_module:score", "no module named 'no_such_module'"),
+])
+def test_online_dpo_judge_is_checked_before_the_model_loads(tmp_path, capsys, judge, expected):
+    line = _run(capsys, ["online-dpo", f"judge={judge}", "eval_data=[]", NO_MODEL, f"out={tmp_path / 'run'}"])
+    assert expected in line
+    assert not (tmp_path / "run").exists()
