@@ -245,3 +245,32 @@ def test_judge_spec_becomes_one_reward_component(tmp_path):
 def test_refused_combinations(option, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("`", "`")):
         config_of(**option)
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded model, as a user runs it
+
+
+@pytest.mark.slow
+def test_embedded_model_two_steps_from_the_command_line(tmp_path):
+    from posttrain.cli import main
+
+    out = tmp_path / "odpo"
+    assert main(["online-dpo", f"out={out}", "max_steps=2", "prompts_per_step=4", "num_generations=4",
+                 "max_new_tokens=48", "judge=verifier:auto", "learning_rate=1e-6", "progress=false",
+                 "data=[{source: 'builtin:arithmetic_rlvr', n: 16}]",
+                 "eval_data=[{source: 'builtin:arithmetic_rlvr:test', n: 8}]"]) == 0
+    records = _records(out)
+    train = [r for r in records if "pairs" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    for r in train:
+        assert r["pairs"] + r["dropped_ties"] + r["dropped_unrated"] + r["dropped_identical"] == 4
+        assert r["dropped_unrated"] == 0 and math.isfinite(r["loss"])   # a verifier scores every completion
+    assert sum(r["pairs"] for r in train) > 0, "no pair in two steps: the verifier tied every prompt"
+    print("online-dpo on the embedded model:", [{k: r[k] for k in ("pairs", "dropped_ties", "loss", "score/chosen",
+                                                                     "score/rejected", "response_length")
+                                                 if k in r} for r in train])
+    assert [r["step"] for r in records if "eval_accuracy" in r] == [0, 2]
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "model") is not None

@@ -41,7 +41,9 @@ class RLConfig(TrainingOptions):
     max_prompt_length: int = opt(512, "prompts longer than this (tokens) are dropped", "Data")
     # Reward
     reward: list[Any] = opt([{"verifier": "auto"}], "reward components for rewards.compose.build_reward: "
-                            "{verifier: name|auto, weight, correct_value} or {function: 'module:fn', weight}", "Reward")
+                            "{verifier: name|auto, weight, correct_value}, {function: 'module:fn', weight}, "
+                            "{reward_model: FOLDER} or {judge: local:MODEL|URL@MODEL} (rubric rating in [0, 1])",
+                            "Reward")
     verifiable_reward: float = opt(1.0, "value of a verified-correct answer for verifier components without "
                                    "their own correct_value (TÜLU 3 uses 10)", "Reward")
     no_eos_penalty: float = opt(0.0, "subtracted from the reward of a completion cut off before EOS", "Reward")
