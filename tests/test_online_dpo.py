@@ -18,7 +18,7 @@ from posttrain.config import ConfigError, load_config
 from posttrain.data.preference import PairBatches
 from posttrain.train.dpo import dpo_step
 from posttrain.train.online_dpo import OnlineDPOConfig, run_online_dpo
-from posttrain.train.online_pairs import PairCounts, best_and_worst, pair_examples
+from posttrain.train.online_pairs import best_and_worst, pair_examples
 from posttrain.train.reference import frozen_copy_reference
 from posttrain.train.rl.rollout import Rollout
 from test_judges import server_factory  # noqa: F401  (fixture)
