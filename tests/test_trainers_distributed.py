@@ -1,7 +1,9 @@
 """Every training command runs under ``accelerate launch --multi_gpu --num_processes 2`` (gloo,
 CPU) exactly as the README's "Scaling out" shows, and follows the one-process run's loss
 trajectory: SFT, DPO, KTO (its KL reference point gathered over both processes), ORPO and the
-reward model with the same global batch (half the per-process batch on two processes), RLOO and NLPO with the same global ``prompts_per_step``. (GRPO and PPO,
+reward model with the same global batch (half the per-process batch on two processes), RLOO and NLPO with the same global ``prompts_per_step``,
+and distillation (the same global ``prompts_per_step``; student samples and dataset steps, the
+divergence a token mean over both processes' completions). (GRPO and PPO,
 with rollouts and gradients, are in test_rl_distributed.py; SFT's first-step gradients in
 test_engine.py.)"""
 
@@ -30,14 +32,19 @@ CASES = {
     "reward": ([PAIRS, "max_length=128", "max_prompt_length=64", "eval_data=[]"], "batch_size=4", "batch_size=2"),
     "rloo": (RL, "", ""),
     "nlpo": (RL + ["ppo_epochs=1", "num_minibatches=2", "mask_refresh_steps=1"], "", ""),
+    # lmbda=0.5, seed 1: step 1 on student samples, step 2 on the dataset's completions
+    "distill": (["teacher={teacher}", "data=[{source: 'builtin:arithmetic_sft', n: 8}]", "eval_data=[]",
+                 "prompts_per_step=4", "max_new_tokens=6", "lmbda=0.5", "seed=1", "save_samples=0"], "batch_size=4",
+                "batch_size=2"),
 }
 
 
 @pytest.mark.parametrize("command", list(CASES))
-def test_command_on_two_processes_follows_one_process(command, tiny_model_dir, tmp_path):
+def test_command_on_two_processes_follows_one_process(command, tiny_model_dir, tiny_teacher_dir, tmp_path):
     from posttrain.cli import main
 
     shared, batch_one, batch_two = CASES[command]
+    shared = [option.replace("{teacher}", tiny_teacher_dir) for option in shared]
     common = [f"model={tiny_model_dir}", "max_steps=2", "learning_rate=1e-3", "progress=false", *shared]
     assert main([command, f"out={tmp_path / 'one'}", *common, *filter(None, [batch_one])]) == 0
     proc = accelerate_launch("-m", "posttrain.cli", command, f"out={tmp_path / 'two'}", *common,
@@ -50,4 +57,6 @@ def test_command_on_two_processes_follows_one_process(command, tiny_model_dir, t
         kl_one, kl_two = ([r["kl"] for r in read_metrics(tmp_path / run) if "kl" in r] for run in ("one", "two"))
         # log-ratios of float32 sums of ~-300 (ulp 3e-5), the reference precomputed in other batches: abs 1e-4
         assert kl_one[-1] > 0.1 and kl_two == pytest.approx(kl_one, rel=1e-4, abs=1e-4)
+    if command == "distill":   # both kinds of step ran
+        assert [r["on_policy"] for r in read_metrics(tmp_path / "two") if "loss" in r] == [1.0, 0.0]
     assert (tmp_path / "two" / "model" / "config.json").exists()

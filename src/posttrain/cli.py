@@ -42,6 +42,8 @@ TRAINING_COMMANDS = {
              "odds-ratio preference optimisation: SFT + preference in one stage, no reference model"),
     "reward": ("posttrain.train.reward:RewardConfig", "posttrain.train.reward:run_reward",
                "Bradley–Terry reward model (model_type=vpl: pluralistic, per-user)"),
+    "distill": ("posttrain.train.distill:DistillConfig", "posttrain.train.distill:run_distill",
+                "on-policy distillation from a teacher with the same tokenizer (reverse KL, forward KL, GKD's JSD)"),
     **rl_commands(),   # grpo, rloo, ppo, nlpo, …: one per posttrain.train.rl.algorithms.ALGORITHMS entry
 }
 
