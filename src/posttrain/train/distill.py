@@ -47,6 +47,7 @@ import torch
 
 from posttrain.config import ConfigError, TrainingOptions, opt
 from posttrain.data.formats import DataError
+from posttrain.data.distill import dataset_batch, load_distill_rows
 from posttrain.losses.distill import DIVERGENCES, chunked_divergence, full_logits_divergence
 
 
@@ -194,44 +195,6 @@ def load_teacher(config: DistillConfig, device):
     return teacher
 
 
-def load_distill_rows(sources: list, tokenizer, config: DistillConfig, field: str) -> list[dict]:
-    """Validated rows as ``prompt_ids`` and (when the row has one) ``completion_ids``, the completion
-    cut to ``max_new_tokens`` (``truncated`` marks a cut); prompts over ``max_prompt_length`` dropped."""
-    from posttrain.data import encode_prompt, mix_sources, validate_rows
-    from posttrain.data.preference import encode_responses
-
-    rows = validate_rows(mix_sources(sources, seed=config.seed), "distill", field)
-    kept = []
-    for row in rows:
-        completion_ids, truncated = None, False
-        if row["completion"] is not None:   # the prompt tokens exactly as encode_prompt gives them
-            prompt_ids, (completion_ids,), _ = encode_responses(tokenizer, row["messages"], [row["completion"]],
-                                                                max_length=1 << 30, max_prompt_length=None)
-            truncated = len(completion_ids) > config.max_new_tokens
-            completion_ids = completion_ids[:config.max_new_tokens]
-        else:
-            prompt_ids = encode_prompt(tokenizer, row["messages"])
-        if len(prompt_ids) <= config.max_prompt_length and completion_ids != []:
-            kept.append({"prompt_ids": prompt_ids, "completion_ids": completion_ids, "truncated": truncated})
-    if not kept:
-        raise DataError(f"{field}: every one of the {len(rows)} prompts is longer than max_prompt_length="
-                        f"{config.max_prompt_length} tokens. Raise max_prompt_length or shorten the prompts")
-    return kept
-
-
-def dataset_batch(rows: list[dict], pad_id: int) -> dict:
-    """The rows' own completions as a right-padded batch: ``prompt_ids`` (B lists),
-    ``completion_ids`` (B, T), ``mask`` (B, T) float, ``finished`` (B,) bool (not cut)."""
-    T = max(len(r["completion_ids"]) for r in rows)
-    completion = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T))
-    for i, r in enumerate(rows):
-        completion[i, :len(r["completion_ids"])] = torch.tensor(r["completion_ids"])
-        mask[i, :len(r["completion_ids"])] = 1
-    return {"prompt_ids": [r["prompt_ids"] for r in rows], "completion_ids": completion, "mask": mask,
-            "finished": torch.tensor([not r["truncated"] for r in rows])}
-
-
 def on_policy_step(seed: int, step: int, lmbda: float) -> bool:
     """Whether step ``step`` trains on student samples: a draw < λ from a stream seeded by (seed,
     step), the same on every process and after a resume."""
@@ -313,10 +276,12 @@ def run_distill(config: DistillConfig, command: str = "posttrain distill") -> di
     local_prompts = config.prompts_per_step // engine.world
 
     # --- data: tokenised prompts (and completions)
-    rows = load_distill_rows(config.data, tokenizer, config, "data")
+    rows = load_distill_rows(config.data, tokenizer, config.max_prompt_length, config.max_new_tokens, config.seed,
+                             "data")
     if len(rows) < config.prompts_per_step:
         raise TrainingError(f"{len(rows)} prompts for a step of prompts_per_step={config.prompts_per_step}")
-    eval_rows = load_distill_rows(config.eval_data, tokenizer, config, "eval_data") if config.eval_data else []
+    eval_rows = load_distill_rows(config.eval_data, tokenizer, config.max_prompt_length, config.max_new_tokens,
+                                  config.seed, "eval_data") if config.eval_data else []
     log(f"[bold]distill[/] {config.divergence}{f' β={config.beta}' if config.divergence == 'jsd' else ''} from "
         f"{config.teacher}, λ={config.lmbda}, τ={config.temperature}: {len(rows)} prompts, {len(eval_rows)} held-out, "
         f"{engine.world} process(es)", main)
