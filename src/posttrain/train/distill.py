@@ -4,7 +4,7 @@ tokenizer.
 
 Objective, per step over the completion tokens y_1..y_T of a batch (Agarwal et al. 2024, GKD,
 "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes", arXiv:2306.13649,
-eq. 2 with λ; Thinking Machines 2025, "On-Policy Distillation"):
+Algorithm 1, λ its student-data fraction; Thinking Machines 2025, "On-Policy Distillation"):
 
     y ~ π_student(· | x)  with probability λ (``lmbda``), else y = the dataset's completion of x
     loss = (1 / #tokens) Σ_rows Σ_t D( π_student(· | x, y_<t) ‖ π_teacher(· | x, y_<t) )
@@ -25,7 +25,7 @@ Data: prompts (``prompt``, or ``messages`` ending in a user turn) and, for λ < 
 ``prompts_per_step`` prompts (over all processes), ``group_size`` student samples each, seeded per
 (seed, step, prompt) as in RL; on a dataset step each prompt contributes its one completion.
 
-Departures: no gradient flows through the sampling (as GKD, which found it unnecessary); the
+Departures: no gradient flows through the sampling (nor in GKD, for stability and cost); the
 divergence is summed over the whole vocabulary at every sampled position, where Thinking Machines
 use the sampled token's log-ratio log s(y_t) − log t(y_t) as a per-token advantage in a policy
 gradient (its expectation under the student is the same reverse KL). Dropout stays off (as RL).
