@@ -189,7 +189,7 @@ def full_logits_divergence(student_logits_NV: torch.Tensor, teacher_logits_NV: t
     """:func:`chunked_divergence` from logits already built (the plain path: heads that are more than
     a matmul, sharded head weights); the same outputs."""
     divergence_N = divergence_fn(name, beta, temperature)(student_logits_NV, teacher_logits_NV.detach())
-    logps = [torch.log_softmax(z.detach().to(divergence_N.dtype) / temperature, -1).gather(1, target_N[:, None]).squeeze(1)
-             for z in (student_logits_NV, teacher_logits_NV)]
+    logps = [torch.log_softmax(z.detach().to(divergence_N.dtype) / temperature, -1)
+             .gather(1, target_N[:, None]).squeeze(1) for z in (student_logits_NV, teacher_logits_NV)]
     return divergence_N.sum(), {"divergence": divergence_N.detach(), "student_logps": logps[0],
                                 "teacher_logps": logps[1]}

@@ -31,7 +31,7 @@ use the sampled token's log-ratio log s(y_t) − log t(y_t) as a per-token advan
 gradient (its expectation under the student is the same reverse KL). Dropout stays off (as RL).
 
     posttrain distill teacher=runs/sft/model data=[prompts.jsonl] max_steps=100
-    posttrain distill teacher=Qwen/Qwen2.5-7B-Instruct model=Qwen/Qwen2.5-0.5B-Instruct divergence=jsd beta=0.5 lmbda=0.5
+    posttrain distill teacher=Qwen/Qwen2.5-7B-Instruct model=Qwen/Qwen2.5-0.5B-Instruct divergence=jsd lmbda=0.5
     accelerate launch --num_processes 2 -m posttrain.cli distill …
 """
 
@@ -212,16 +212,18 @@ def distill_step(config: DistillConfig, teacher, pad_id: int, share: bool, vocab
     """``step(model, micro) -> (Σ per-token divergences, metrics)``; the engine divides by the
     step's completion tokens on every process (``normalizer``)."""
     from posttrain.models.layout import completion_head_inputs, completion_logits
+    from posttrain.models.lm_head import chunkable_head
 
     options = {"name": config.divergence, "beta": config.beta, "temperature": config.temperature}
+    chunked = config.chunked_loss and chunkable_head(teacher) is not None   # the student's is asked per step
 
     def step(model, micro):
         model.eval()   # dropout off, as in RL (Engine.evaluate leaves the model in train mode)
         prompts, completion = micro["prompt_ids"], micro["completion_ids"]
         mask = micro["mask"].bool()
-        student = completion_head_inputs(model, prompts, completion, pad_id, share) if config.chunked_loss else None
+        student = completion_head_inputs(model, prompts, completion, pad_id, share) if chunked else None
         with torch.no_grad():
-            taught = completion_head_inputs(teacher, prompts, completion, pad_id, share) if student is not None else None
+            taught = None if student is None else completion_head_inputs(teacher, prompts, completion, pad_id, share)
         if student is not None and taught is not None:
             (hidden_s, weight_s), (hidden_t, weight_t) = student, taught
             total, parts = chunked_divergence(hidden_s[mask], weight_s[:vocab], hidden_t[mask], weight_t[:vocab],
@@ -283,8 +285,8 @@ def run_distill(config: DistillConfig, command: str = "posttrain distill") -> di
     eval_rows = load_distill_rows(config.eval_data, tokenizer, config.max_prompt_length, config.max_new_tokens,
                                   config.seed, "eval_data") if config.eval_data else []
     log(f"[bold]distill[/] {config.divergence}{f' β={config.beta}' if config.divergence == 'jsd' else ''} from "
-        f"{config.teacher}, λ={config.lmbda}, τ={config.temperature}: {len(rows)} prompts, {len(eval_rows)} held-out, "
-        f"{engine.world} process(es)", main)
+        f"{config.teacher}, λ={config.lmbda}, τ={config.temperature}: {len(rows)} prompts, {len(eval_rows)} "
+        f"held-out, {engine.world} process(es)", main)
 
     # --- models: optimizer over the student (LoRA applied), then the frozen teacher
     total = config.max_steps if config.max_steps > 0 else max(1, int(len(rows) / config.prompts_per_step
@@ -294,8 +296,8 @@ def run_distill(config: DistillConfig, command: str = "posttrain distill") -> di
     vocab = shared_vocab_size(engine.unwrapped(), teacher, tokenizer)
     share = prompt_sharing(config.share_prompts, engine.world)
     # Sampling runs on the bare student (DDP's wrapper has no generate); sharded, in lockstep.
-    backend = HFRollout(engine.unwrapped(), tokenizer, batch_size=max(config.batch_size, local_prompts * config.group_size),
-                        share_prompts=share, synced=engine.sharded)
+    backend = HFRollout(engine.unwrapped(), tokenizer, share_prompts=share, synced=engine.sharded,
+                        batch_size=max(config.batch_size, local_prompts * config.group_size))
     step_fn = distill_step(config, teacher, pad_id, share, vocab)
 
     def sample(prompt_ids: list[list[int]], n: int, seeds: list[int]) -> dict:
