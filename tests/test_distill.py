@@ -167,6 +167,25 @@ def test_step_is_the_same_chunked_and_on_full_logits(divergence, tokenizer, tiny
     assert any(g.abs().sum() > 0 for g in chunked_grads.values())
 
 
+def test_heads_padded_past_the_tokenizer_are_compared_on_the_rows_both_have(tokenizer):
+    """Qwen-style padded heads: the divergence runs over the rows both heads have; a head with fewer
+    rows than the tokenizer has tokens is refused."""
+    from transformers import LlamaForCausalLM
+
+    from conftest import build_tiny_model
+    from posttrain.config import ConfigError
+    from posttrain.train.distill import shared_vocab_size
+
+    student = build_tiny_model(tokenizer)
+    def sized(vocab_size):
+        return LlamaForCausalLM(type(student.config)(**{**student.config.to_dict(), "vocab_size": vocab_size}))
+
+    assert shared_vocab_size(student, sized(len(tokenizer) + 16), tokenizer) == len(tokenizer)
+    assert shared_vocab_size(sized(len(tokenizer) + 64), sized(len(tokenizer) + 16), tokenizer) == len(tokenizer) + 16
+    with pytest.raises(ConfigError, match=f"rows for a tokenizer of {len(tokenizer)} tokens"):
+        shared_vocab_size(student, sized(len(tokenizer) - 1), tokenizer)
+
+
 def test_lmbda_picks_steps_by_a_seeded_draw():
     draws = [on_policy_step(0, step, 0.5) for step in range(200)]
     assert draws == [on_policy_step(0, step, 0.5) for step in range(200)]   # the same on resume, on any process
@@ -221,7 +240,8 @@ def test_dataset_steps_train_on_the_rows_own_completions(tiny_model_dir, tiny_te
     samples = [json.loads(line) for line in (tmp_path / "offline" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and all(s["completion"] in answers and not s["on_policy"] for s in samples)
     _train(tiny_model_dir, tiny_teacher_dir, tmp_path / "mixed", "max_steps=6", "lmbda=0.5")
-    assert [r["on_policy"] for r in _records(tmp_path / "mixed")] == [float(on_policy_step(0, s, 0.5)) for s in range(6)]
+    draws = [float(on_policy_step(0, step, 0.5)) for step in range(6)]
+    assert [r["on_policy"] for r in _records(tmp_path / "mixed")] == draws
     assert 0 < sum(r["on_policy"] for r in _records(tmp_path / "mixed")) < 6
 
 
@@ -318,3 +338,31 @@ def test_teacher_with_another_tokenizer_is_refused_before_its_weights_load(tiny_
     assert f"({len(tokenizer) + 1} vs {len(tokenizer)} tokens; e.g. '<teacher-only>' is id {len(tokenizer)} only in " \
            f"the teacher's)" in line
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded model, as a user runs it
+
+
+@pytest.mark.slow
+def test_embedded_model_distilled_from_its_sft_self_moves_toward_the_teacher(tmp_path):
+    """``posttrain sft`` makes a teacher of the embedded model (arithmetic, 16 steps), then
+    ``posttrain distill`` pulls the untouched embedded model toward it on its own samples: the
+    held-out reverse KL (per token, on samples drawn with the same seeds at step 0 and at the end)
+    falls. Measured 2026-12-05 (docs/distill.md): 0.630 → 0.370 (× 0.59), training divergence
+    0.467 → 0.206; 45 min on a loaded 2-core CPU. The bound, × 0.8, leaves room for the sampling
+    noise of 8 held-out prompts."""
+    sft = ["sft", f"out={tmp_path / 'teacher'}", "max_steps=16", "batch_size=4", "max_length=192",
+           "learning_rate=5e-5", "warmup_ratio=0.1", "progress=false", "eval_data=[]",
+           "data=[{source: 'builtin:arithmetic_sft', count: 400}]"]
+    assert main(sft) == 0
+    distill = ["distill", f"teacher={tmp_path / 'teacher' / 'model'}", f"out={tmp_path / 'student'}", "max_steps=8",
+               "prompts_per_step=8", "batch_size=8", "max_new_tokens=32", "learning_rate=5e-5", "progress=false",
+               "eval_data=[{source: 'builtin:arithmetic_sft:test', n: 8}]"]
+    assert main(distill) == 0
+    evals = [r["eval_divergence"] for r in _records(tmp_path / "student", "eval_divergence")]
+    steps = _records(tmp_path / "student")
+    print(f"held-out reverse KL per token {evals[0]:.4f} -> {evals[-1]:.4f}; training divergence "
+          f"{steps[0]['divergence']:.4f} -> {steps[-1]['divergence']:.4f}")
+    assert len(evals) == 2 and evals[0] > 0.02
+    assert evals[-1] < 0.8 * evals[0]
