@@ -38,6 +38,21 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, tokenizer):
+    """Another tiny Llama (seed 1, its weights scaled ×20 so its next-token distributions are far from
+    uniform) with the same tokenizer: a teacher for distillation."""
+    import torch
+
+    path = tmp_path_factory.mktemp("tiny-teacher")
+    model = build_tiny_model(tokenizer, seed=1)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(20)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_accelerator_state():
     """accelerate keeps one process-wide state; a test that builds an Accelerator with other

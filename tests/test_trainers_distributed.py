@@ -2,7 +2,8 @@
 CPU) exactly as the README's "Scaling out" shows, and follows the one-process run's loss
 trajectory: SFT, DPO, KTO (its KL reference point gathered over both processes), ORPO and the
 reward model with the same global batch (half the per-process batch on two processes), RLOO, NLPO and
-online DPO with the same global ``prompts_per_step``. (GRPO and PPO,
+online DPO with the same global ``prompts_per_step``, and distillation (the same global ``prompts_per_step``; student samples and dataset steps, the
+divergence a token mean over both processes' completions). (GRPO and PPO,
 with rollouts and gradients, are in test_rl_distributed.py; SFT's first-step gradients in
 test_engine.py.)"""
 
@@ -36,14 +37,19 @@ CASES = {
                     "warmup_ratio=0", "data=[{source: 'builtin:arithmetic_rlvr', n: 8}]", "eval_data=[]",
                     "save_samples=0", "judge=function:test_rl:length_reward"], "batch_size=2", "batch_size=2"),
     "nlpo": (RL + ["ppo_epochs=1", "num_minibatches=2", "mask_refresh_steps=1"], "", ""),
+    # lmbda=0.5, seed 1: step 1 on student samples, step 2 on the dataset's completions
+    "distill": (["teacher={teacher}", "data=[{source: 'builtin:arithmetic_sft', n: 8}]", "eval_data=[]",
+                 "prompts_per_step=4", "max_new_tokens=6", "lmbda=0.5", "seed=1", "save_samples=0"], "batch_size=4",
+                "batch_size=2"),
 }
 
 
 @pytest.mark.parametrize("command", list(CASES))
-def test_command_on_two_processes_follows_one_process(command, tiny_model_dir, tmp_path):
+def test_command_on_two_processes_follows_one_process(command, tiny_model_dir, tiny_teacher_dir, tmp_path):
     from posttrain.cli import main
 
     shared, batch_one, batch_two = CASES[command]
+    shared = [option.replace("{teacher}", tiny_teacher_dir) for option in shared]
     common = [f"model={tiny_model_dir}", "max_steps=2", "learning_rate=1e-3", "progress=false", *shared]
     assert main([command, f"out={tmp_path / 'one'}", *common, *filter(None, [batch_one])]) == 0
     proc = accelerate_launch("-m", "posttrain.cli", command, f"out={tmp_path / 'two'}", *common,
@@ -59,4 +65,6 @@ def test_command_on_two_processes_follows_one_process(command, tiny_model_dir, t
     if command == "online-dpo":   # the same judged pairs, and a second step that moved off ln 2
         pairs_one, pairs_two = ([r["pairs"] for r in read_metrics(tmp_path / run) if "pairs" in r] for run in ("one", "two"))
         assert pairs_two == pairs_one and min(pairs_one) > 0 and abs(one[1] - math.log(2)) > 1e-4
+    if command == "distill":   # both kinds of step ran
+        assert [r["on_policy"] for r in read_metrics(tmp_path / "two") if "loss" in r] == [1.0, 0.0]
     assert (tmp_path / "two" / "model" / "config.json").exists()

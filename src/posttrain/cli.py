@@ -44,6 +44,8 @@ TRAINING_COMMANDS = {
                    "online DPO: sample pairs from the policy, rank them with a judge (verifier, reward model, LM)"),
     "reward": ("posttrain.train.reward:RewardConfig", "posttrain.train.reward:run_reward",
                "Bradley–Terry reward model (model_type=vpl: pluralistic, per-user)"),
+    "distill": ("posttrain.train.distill:DistillConfig", "posttrain.train.distill:run_distill",
+                "on-policy distillation from a teacher with the same tokenizer (reverse KL, forward KL, GKD's JSD)"),
     **rl_commands(),   # grpo, rloo, ppo, nlpo, …: one per posttrain.train.rl.algorithms.ALGORITHMS entry
 }
 

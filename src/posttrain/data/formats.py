@@ -11,6 +11,9 @@
 |             | desirable (chosen) and one undesirable (rejected) example         |                  |
 | rlvr        | ``prompt`` (string or messages) or ``messages``, ``ground_truth``, | ``grpo``, ``ppo`` … |
 |             | ``verifier`` (open-instruct calls it ``dataset``; both accepted)  |                  |
+| distill     | a prompt (``prompt``, or ``messages`` ending in a user turn), or   | ``distill``      |
+|             | prompt + completion (``prompt`` + ``completion``, or ``messages`` |                  |
+|             | ending in assistant turns: those are the completion)             |                  |
 
 Example rows::
 
@@ -221,8 +224,43 @@ def validate_rl_prompt_row(row: dict, source: str, index: int) -> dict:
     return validate_rlvr_row(row, source, index, needs_answer=False)
 
 
+def validate_distill_row(row: dict, source: str, index: int) -> dict:
+    """A distillation row normalised to ``{"messages": prompt messages, "completion": response
+    messages or None}``: ``messages`` whose last turns are the assistant's give the prompt (the turns
+    before them) and the completion (those turns); ``prompt`` (string or messages) with an optional
+    ``completion`` (string or messages; a repeated prompt is stripped). Other columns are ignored."""
+    completion = None
+    if row.get("messages") is not None:
+        messages = check_messages(row["messages"], source, index)
+        k = len(messages)
+        while k > 0 and messages[k - 1]["role"] == "assistant":
+            k -= 1
+        prompt, completion = messages[:k], (messages[k:] or None)
+        field = "messages"
+    elif row.get("prompt") is not None:
+        prompt = as_messages(row["prompt"], "user", source, index, "prompt")
+        if row.get("completion") is not None:
+            completion = as_messages(row["completion"], "assistant", source, index, "completion")
+            if len(completion) > len(prompt) and completion[: len(prompt)] == prompt:
+                completion = completion[len(prompt):]
+        field = "prompt"
+    else:
+        raise DataError(f"{_where(source, index, 'prompt')}: missing. Distillation rows need 'prompt' (with an "
+                        f"optional 'completion') or 'messages'")
+    if not "".join(m["content"] for m in prompt).strip():
+        raise DataError(f"{_where(source, index, field)}: the prompt is empty; the student needs a prompt to "
+                        f"complete")
+    if completion is not None:
+        name = "messages" if field == "messages" else "completion"
+        if completion[0]["role"] != "assistant":
+            raise DataError(f"{_where(source, index, name)}: the completion must start with an assistant turn")
+        if not "".join(m["content"] for m in completion).strip():
+            raise DataError(f"{_where(source, index, name)}: empty completion (drop the column, or the row)")
+    return {"messages": prompt, "completion": completion}
+
+
 VALIDATORS = {"sft": validate_sft_row, "preference": validate_preference_row, "unpaired": validate_unpaired_row,
-              "rlvr": validate_rlvr_row, "rl_prompt": validate_rl_prompt_row}
+              "rlvr": validate_rlvr_row, "rl_prompt": validate_rl_prompt_row, "distill": validate_distill_row}
 
 
 def validate_rows(rows: list[dict], kind: str, source: str) -> list[dict]:

@@ -21,7 +21,7 @@ from posttrain.losses.policy import apply_action_mask, entropy_from_logits
 from posttrain.models.lm_head import capture_final_hidden, chunkable_head, final_hidden_states
 
 __all__ = ["forward_inputs", "prompt_sharing", "distinct_prompts", "shared_prompt_cache", "continue_from_cache", "shared_prefix_logits",
-           "completion_logits", "gather_logps", "completion_token_logps"]
+           "completion_logits", "gather_logps", "completion_token_logps", "completion_head_inputs"]
 
 
 def forward_inputs(prompt_ids: list[list[int]], completion_ids: torch.Tensor | None, pad_id: int,
@@ -162,6 +162,19 @@ def completion_token_logps(model, prompt_ids: list[list[int]], completion_ids: t
     scatter = lambda values: torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(
         mask, values)  # noqa: E731
     return scatter(logp_N), (scatter(entropy_N) if with_entropy else None)
+
+
+def completion_head_inputs(model, prompt_ids: list[list[int]], completion_ids: torch.Tensor, pad_id: int,
+                           share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """What the LM head needs to score each completion token itself: ``(hidden (B, T, H), head weight
+    (V, H))``, the final hidden states at the positions whose logits :func:`completion_logits`
+    returns, from forwards that run the head on one position only; None when the head must run whole
+    (``models/lm_head.chunkable_head``), and the caller takes :func:`completion_logits`."""
+    head = chunkable_head(model)
+    if head is None:
+        return None
+    decoder, weight = head
+    return _completion_hidden(model, decoder, prompt_ids, completion_ids, pad_id, share_prompts), weight
 
 
 def _completion_hidden(model, decoder, prompt_ids, completion_ids, pad_id, share_prompts):

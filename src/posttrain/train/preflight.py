@@ -11,7 +11,9 @@ hour; a run that silently trains on the wrong thing costs more. So each trainer'
 3. for RL: every reward component is well formed (known keys, known verifiers, importable
    functions, parseable LM-judge specs whose local model exists), and every row's verifier exists
    and accepts the row's ground truth; for online DPO the same, its judge read as the one
-   reward component it amounts to (``OnlineDPOConfig.judge_reward``).
+   reward component it amounts to (``OnlineDPOConfig.judge_reward``);
+4. a trainer's own checks of its validated rows and its models' files (``check_inputs``:
+   ``posttrain distill`` refuses a teacher with another tokenizer before loading weights).
 
 Every failure is a ``ConfigError`` or ``DataError``, which the CLI prints as one line (exit
 code 2, no traceback).
@@ -43,12 +45,18 @@ def preflight(options: TrainingOptions) -> Path:
         # Preference trainers may skip and count bad rows (skip_invalid_rows): then only the
         # sources themselves must load.
         skip = getattr(options, "skip_invalid_rows", False)
+        checked = {}
         for field in ("data", "eval_data"):
             sources = getattr(options, field, None)
             if sources:
                 rows = mix_sources(sources, seed=options.seed)
                 if not skip:
-                    check_rows(rows, kind, field)
+                    checked[field] = check_rows(rows, kind, field)
+        # What only one trainer needs of its rows and models (distill: completions when lmbda < 1, a
+        # teacher with the student's tokenizer), still before any weights load.
+        trainer_checks = getattr(options, "check_inputs", None)
+        if trainer_checks is not None:
+            trainer_checks(checked)
     return run_dir
 
 
