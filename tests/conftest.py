@@ -38,6 +38,22 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def tiny_rm_dir(tmp_path_factory, tokenizer):
+    """A saved tiny random-init ``LlamaForSequenceClassification``: a reward-model folder as
+    ``posttrain reward`` writes it, for the ``{"reward_model": path}`` reward component."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    path = tmp_path_factory.mktemp("tiny-rm")
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    LlamaForSequenceClassification(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_accelerator_state():
     """accelerate keeps one process-wide state; a test that builds an Accelerator with other
