@@ -49,6 +49,21 @@ def tiny_teacher_dir(tmp_path_factory, tokenizer):
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(20)
     model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_rm_dir(tmp_path_factory, tokenizer):
+    """A saved tiny random-init ``LlamaForSequenceClassification``: a reward-model folder as
+    ``posttrain reward`` writes it, for the ``{"reward_model": path}`` reward component."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    path = tmp_path_factory.mktemp("tiny-rm")
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    LlamaForSequenceClassification(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 

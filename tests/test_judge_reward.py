@@ -74,6 +74,9 @@ def test_grpo_with_a_judge_reward(server_factory, tiny_model_dir, tmp_path, monk
     asked = [judged_text(q) for q in server.requests]
     assert len(asked) == 2 * 2 * 4 or len(set(asked)) < len(asked)   # one request per completion (cache aside)
     report = json.loads((out / "reward_report_inputs.json").read_text())
-    assert report["reward_components"] == [{"name": "judge", "kind": "judge", "target": spec, "weight": 2.0,
-                                            "correct_value": None}]
+    (component,) = report["reward_components"]
+    assert (component["name"], component["kind"], component["target"], component["weight"]) == ("judge", "judge", spec, 2.0)
+    assert (component["low"], component["high"], component["rubric"]) == (0.0, 1.0, [1.0, 10.0])
+    written = (out / "reward_report.md").read_text()   # the judge's own description, no verifier claim
+    assert spec in written and "LM judge" in written and "verifier accepts" not in written
     assert "reward/judge/unscored" in report["steps"][0]

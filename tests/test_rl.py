@@ -39,21 +39,7 @@ def length_reward(prompts, completions, **columns):
 # --- fixtures
 
 
-@pytest.fixture(scope="session")
-def tiny_rm_dir(tmp_path_factory, tokenizer):
-    """A saved tiny random-init ``LlamaForSequenceClassification``: a reward-model folder as
-    ``posttrain reward`` writes it, for the ``{"reward_model": path}`` reward component."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    path = tmp_path_factory.mktemp("tiny-rm")
-    torch.manual_seed(1)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tokenizer.pad_token_id)
-    LlamaForSequenceClassification(cfg).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-# tiny_model_dir: the shared session fixture in conftest.py (tiny Llama + SmolLM2 tokenizer).
+# tiny_model_dir, tiny_rm_dir: shared session fixtures in conftest.py (tiny Llama + SmolLM2 tokenizer).
 
 
 def rl_config(cls, model_dir, out, **overrides):

@@ -15,7 +15,7 @@ import torch
 
 from _dist_rl import run_recorded
 from _launch import accelerate_launch
-from test_rl import read_metrics, tiny_rm_dir  # noqa: F401  (fixture)
+from test_rl import read_metrics
 
 SCRIPT = Path(__file__).parent / "_dist_rl.py"
 

@@ -46,6 +46,8 @@ def test_sync_ray_run_follows_the_one_process_run(cluster, tiny_model_dir, tmp_p
         assert b["rollout/staleness"] == 0 and b["rollout/logprob_abs_diff_max"] < 1e-4
     evals = lambda out: [r["eval_accuracy"] for r in read_metrics(out) if "eval_accuracy" in r]  # noqa: E731
     assert evals(tmp_path / "ray") == evals(tmp_path / "local")
+    # the learner actor writes the Reward Report into the run folder, as a local run does
+    assert "Held-out (step 3)" in (tmp_path / "ray" / "reward_report.md").read_text()
     from safetensors.torch import load_file
 
     w1, w2 = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("local", "ray"))

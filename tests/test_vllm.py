@@ -63,6 +63,7 @@ def assert_synced(records):
 def test_colocated_vllm_grpo_syncs_weights_every_step(tiny64_dir, tmp_path):
     records = run_grpo(tiny64_dir, tmp_path / "run", rollout_backend="vllm")
     assert_synced(records)
+    assert "A user-written Python function" in (tmp_path / "run" / "reward_report.md").read_text()
     # the policy moved, and vLLM sampled from the moved policy (else the gap above would be large)
     from safetensors.torch import load_file
 

@@ -2,7 +2,9 @@
 
 - ``inspect``: sizes, lengths, duplicates, language, contamination (:mod:`posttrain.data.inspect`);
 - ``ai-feedback``: preference pairs from several models' completions rated by an LM judge
-  (:mod:`posttrain.judges.feedback`, docs/judges.md)."""
+  (:mod:`posttrain.judges.feedback`, docs/judges.md);
+- ``select``: the pool rows nearest to a target set, or the best-rated ones
+  (:mod:`posttrain.data.select`, docs/data_selection.md)."""
 
 from __future__ import annotations
 
@@ -29,7 +31,77 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-contamination", action="store_true", help="skip the check against evaluation tasks")
     q.add_argument("--out", default=None, help="folder for report.md, report.json and lengths.png")
     _add_ai_feedback(sub)
+    _add_select(sub)
     return p
+
+
+SELECT_DESCRIPTION = """\
+Choose pool rows to train on (docs/data_selection.md). Two modes:
+
+- nearest neighbours (--target FILE --k N; Ivison et al. 2022): embed the prompt of every pool and
+  target row (the embedded MiniLM), take each target row's nearest pool rows by cosine similarity,
+  merged round by round (every target's 1st neighbour, then every 2nd, ...) until k rows;
+- rating (--rate-with SPEC --keep N|FRACTION; QuRating-like): score every row's response with a
+  reward model, a verifier or an LM judge and keep the best.
+"""
+
+SELECT_EPILOG = """\
+Examples:
+  posttrain data select --pool pool.jsonl --target target.jsonl --k 1000 --out selected.jsonl
+  posttrain data select --pool pool.jsonl --rate-with runs/rm/model --keep 0.25 --out best.jsonl
+  posttrain sft data=selected.jsonl out=runs/sft-selected
+
+Rows are written unchanged (a .jsonl pool: its lines byte for byte), in pool order; OUT's sidecar
+(selected.selection.jsonl) gives each row's pool line, id column, score, and the target that chose it.
+"""
+
+
+def _add_select(sub) -> None:
+    q = sub.add_parser("select", help="pool rows nearest to a target set (cross-task neighbours) or best-rated",
+                       description=SELECT_DESCRIPTION, epilog=SELECT_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("--pool", required=True, help="the rows to choose from (.jsonl/.json/.parquet, builtin:NAME, hub)")
+    q.add_argument("--out", required=True, help="output .jsonl of the selected rows (+ a .selection.jsonl sidecar)")
+    q.add_argument("--target", default=None, help="nearest-neighbour mode: unlabelled rows of the target task")
+    q.add_argument("--k", type=int, default=None, help="nearest-neighbour mode: how many pool rows to select")
+    q.add_argument("--search", choices=("exact", "approximate"), default="exact",
+                   help="exact (chunked matrix product, default) or approximate (inverted-file index)")
+    q.add_argument("--nprobe", type=int, default=8, help="approximate search: lists probed per target row (default 8)")
+    q.add_argument("--encoder", default="minilm", help="minilm (default), a local encoder folder, or hash[:DIM]")
+    q.add_argument("--field", default=None,
+                   help="column holding the text to embed (default: prompt, else the first user turn of messages)")
+    q.add_argument("--target-field", default=None, help="the same for the target rows (default: --field's rule)")
+    q.add_argument("--rate-with", default=None,
+                   help="rating mode: a reward-model folder, verifier[:NAME], or an LM judge (local:MODEL, URL@MODEL)")
+    q.add_argument("--keep", default=None, help="rating mode: rows to keep, a count (500) or a fraction (0.25)")
+    q.add_argument("--no-cache", action="store_true", help="embed again even when cached embeddings exist")
+
+
+def _select(args) -> int:
+    from posttrain.data.formats import DataError
+    from posttrain.data.select import (keep_count, neighbour_selection, rating_scores, rating_selection,
+                                       write_selection)
+    from posttrain.data.sources import load_source
+
+    if (args.target is None) == (args.rate_with is None):
+        raise DataError("give either --target FILE --k N (nearest neighbours) or --rate-with SPEC --keep N (rating)")
+    if args.target is not None and (args.k is None or args.keep is not None):
+        raise DataError("nearest-neighbour mode takes --k N (not --keep)")
+    if args.rate_with is not None and (args.keep is None or args.k is not None):
+        raise DataError("rating mode takes --keep N or --keep FRACTION (not --k)")
+    pool = load_source(args.pool)
+    target = None
+    if args.target is not None:
+        target = load_source(args.target)
+        chosen = neighbour_selection(pool, target, args.k, encoder=args.encoder, search=args.search,
+                                     field=args.field, target_field=args.target_field, nprobe=args.nprobe,
+                                     cache=not args.no_cache, pool_source=args.pool, target_source=args.target)
+    else:
+        keep_count(args.keep, len(pool))   # before the judge loads
+        chosen = rating_selection(rating_scores(pool, args.rate_with, args.pool), args.keep)
+    stats = write_selection(pool, chosen, args.out, pool_path=args.pool, target=target)
+    print(f"{stats['rows']} of {len(pool)} pool rows -> {stats['out']} (ids and scores: {stats['sidecar']})")
+    return 0
 
 
 AI_FEEDBACK_EPILOG = """\
@@ -101,6 +173,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "ai-feedback":
         return _ai_feedback(args)
+    if args.command == "select":
+        return _select(args)
     from rich.console import Console
     from rich.markdown import Markdown
 

@@ -6,6 +6,7 @@ A mixture is a literal list, as in a recipe::
     - {source: builtin:arithmetic_sft, count: 2000}
     - {source: data/my_chats.jsonl, fraction: 0.5}
     - {source: allenai/tulu-3-sft-mixture, split: train, fraction: 0.1}
+    - {source: data/pool.jsonl, select: {target: data/target.jsonl, k: 1000}}   # data/select.py
 
 ``count`` above a source's size upsamples by repetition (every row n times, then a seeded sample
 of the rest); everything is seeded and reproducible.
@@ -188,7 +189,7 @@ def _take(rows: list[dict], count: int, rng: random.Random) -> list[dict]:
 
 
 # Keys a mixture entry may have besides a built-in generator's own options (n, difficulty, …).
-_ENTRY_KEYS = ("source", "fraction", "count", "split")
+_ENTRY_KEYS = ("source", "fraction", "count", "split", "select")
 _HUB_KEYS = ("config",)
 
 
@@ -249,9 +250,14 @@ def mix_sources(entries: list[dict | str], seed: int = 0) -> list[dict]:
         del entry["source"]
         fraction, count = entry.pop("fraction", None), entry.pop("count", None)
         split = entry.pop("split", None)
-        if spec.startswith("builtin:") and count is not None and "n" not in entry:
+        select = entry.pop("select", None)
+        if spec.startswith("builtin:") and count is not None and "n" not in entry and select is None:
             entry["n"] = int(count)  # generators make exactly what is asked
         rows = load_source(spec, split=split, seed=seed, **entry)
+        if select is not None:   # data selection first; fraction / count then apply to the selected rows
+            from posttrain.data.select import apply_select_entry
+
+            rows = apply_select_entry(rows, select, f"data mixture entry {i + 1} ({spec})", seed=seed)
         if fraction is not None:
             count = round(float(fraction) * len(rows))
         if count is not None:

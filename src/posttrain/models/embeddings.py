@@ -136,6 +136,22 @@ def _encode(folder: str, texts: list[str], batch_size: int, max_length: int) -> 
     return torch.cat(chunks) if chunks else torch.zeros(0, encoder.config.hidden_size)
 
 
+def cached_embeddings(model_id: str, texts: list[str], encode, use_cache: bool = True) -> torch.Tensor:
+    """``encode(unique texts) -> (U, D)`` for ``texts`` → (N, D), duplicates embedded once and the
+    result cached on disk under a SHA-256 of ``model_id`` and the texts (any encoder: the data
+    selector passes its own). A second call with the same texts reads the file and encodes nothing."""
+    path = cache_dir() / f"{cache_key(model_id, texts)}.pt"
+    if use_cache and path.exists():
+        return torch.load(path)
+    unique = list(dict.fromkeys(texts))
+    vectors_UD = encode(unique)
+    index = {text: row for row, text in enumerate(unique)}
+    out_ND = vectors_UD[torch.tensor([index[t] for t in texts], dtype=torch.long)]
+    if use_cache:
+        atomic_torch_save(out_ND, path)
+    return out_ND
+
+
 def embed_texts(
     texts: list[str],
     model: str = "minilm",
@@ -155,15 +171,5 @@ def embed_texts(
         dim = int(resolved.split(":", 1)[1]) if ":" in resolved else 256
         return hashed_bow_embeddings(texts, dim)
 
-    key = cache_key(f"{os.path.abspath(resolved)}|max_length={max_length}", texts)
-    path = cache_dir() / f"{key}.pt"
-    if use_cache and path.exists():
-        return torch.load(path)
-
-    unique = list(dict.fromkeys(texts))
-    vectors_UD = _encode(resolved, unique, batch_size, max_length)
-    index = {text: row for row, text in enumerate(unique)}
-    out_ND = vectors_UD[torch.tensor([index[t] for t in texts], dtype=torch.long)]
-    if use_cache:
-        atomic_torch_save(out_ND, path)
-    return out_ND
+    return cached_embeddings(f"{os.path.abspath(resolved)}|max_length={max_length}", texts,
+                             lambda unique: _encode(resolved, unique, batch_size, max_length), use_cache)

@@ -11,7 +11,14 @@ Two automatic checks:
   its own task while an unseen one collapses;
 - **reward hacking signs**: response length blowing up, or the share of truncated completions
   rising.
-Each check is a pure function of the logged series, so tests can feed it hand-made runs.
+Each check is a pure function of the logged series, so tests can feed it hand-made runs, and the
+report claims a check only when the logs hold what it needs (no held-out evaluation: no mismatch
+verdict). What the reward *is* comes from each component's own description
+(``posttrain.rewards.describe``: verifier, reward model, user function, LM judge, …), so the text
+is true for each kind; the report never assumes a verifiable reward.
+
+``posttrain.train.rl.trainer`` writes the report at the end of every RL run; a recipe writes it
+again with its before/after evaluation of every task (the same function, more evidence).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from posttrain.reports import atomic_write_text
 from posttrain.reports.training import read_metrics
 
 
@@ -103,8 +111,51 @@ def _cell(row: dict) -> str:
     return f"{row['value']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"
 
 
+# What each logged key means, for "Metrics tracked": only keys the run actually logged are listed.
+TRACKED = {"reward_mean": "reward mean", "reward_std": "reward std", "kl": "KL to the reference",
+           "entropy": "entropy", "response_length": "response length", "truncated_share": "truncated share",
+           "clip_fraction": "clip fraction", "value_loss": "value loss", "zero_variance_share": "zero-variance groups",
+           "generation_tokens_per_s": "generation tokens/s", "training_tokens_per_s": "training tokens/s"}
+
+
+def _intent_lines(comps: list[dict], no_eos_penalty: float) -> list[str]:
+    if not comps:
+        return ["The run recorded no reward components."]
+    lines = []
+    for c in comps:
+        intent = c.get("intent") or f"A `{c.get('kind', '?')}` component (the run recorded no description of it)."
+        lines += [f"- **{c['name']}** ({c.get('kind', '?')}, weight {c.get('weight')}): {intent}"]
+    total = " + ".join(f"{c.get('weight')} × {c['name']}" for c in comps)
+    lines += ["", f"The policy maximises the total reward = {total}"
+              + (f" − {no_eos_penalty} for a completion cut off before its end-of-sequence token." if no_eos_penalty
+                 else ".")]
+    if len(comps) > 1:
+        lines.append("A component with a wider range of values or a larger weight dominates that sum.")
+    return lines
+
+
+def _kl_lines(kl: dict) -> list[str]:
+    if not kl:
+        return ["- Not recorded."]
+    if not kl.get("beta") and not kl.get("adaptive_target"):
+        return ["- No KL penalty (β = 0): no reference model; only the learning rate and the number of steps keep "
+                "the policy near its starting point."]
+    return [f"- β = {kl.get('beta')} (final {kl.get('final_beta')}), estimator {kl.get('estimator')}, applied in "
+            f"the {kl.get('in')}; adaptive target: {kl.get('adaptive_target') or 'none (fixed β)'}."]
+
+
+def _component_line(name: str, series: list[float]) -> str:
+    values = [v for v in series if v == v]
+    if not values:
+        return f"- `{name}`: no defined value logged (it applied to no completion)."
+    return (f"- `{name}` (unweighted, mean per step): first {values[0]:.3f}, last {values[-1]:.3f}, "
+            f"range [{min(values):.3f}, {max(values):.3f}] over {len(values)} steps.")
+
+
 def write_reward_report(run_dir: str | Path, before: dict | None = None, after: dict | None = None) -> Path:
-    """Write ``<run>/reward_report.md`` from ``reward_report_inputs.json`` and ``metrics.jsonl``."""
+    """Write ``<run>/reward_report.md`` (and ``reward_report.json``) from
+    ``reward_report_inputs.json`` and ``metrics.jsonl``; ``before`` / ``after`` (evaluation
+    summaries of a recipe stage) add the every-task comparison."""
     run_dir = Path(run_dir)
     inputs_path = run_dir / "reward_report_inputs.json"
     inputs = json.loads(inputs_path.read_text()) if inputs_path.exists() else {}
@@ -117,7 +168,6 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
     # a fall elsewhere only counts as mismatch when the optimised reward rose (same test as above)
     fallen = tasks_fallen(before, after) if (mismatch["reward_delta"] or 0.0) > REWARD_RISE else []
     hacking = hacking_signs(lengths, truncated)
-    kl = inputs.get("kl", {})
     comps = inputs.get("reward_components", [])
 
     lines = [f"# Reward Report: {run_dir.name}", "",
@@ -127,28 +177,37 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
              f"- Algorithm: `{inputs.get('algorithm', '?')}`; policy initialised from `{inputs.get('model', '?')}`.",
              f"- Training prompts: `{json.dumps(inputs.get('data'))}`; held-out: `{json.dumps(inputs.get('eval_data'))}`.",
              f"- Sampling: `{json.dumps(inputs.get('sampling', {}))}`.", "",
-             "## Optimisation intent", "",
-             "Reinforcement learning with verifiable rewards (TÜLU 3 §6): the policy is rewarded only when a "
-             "programmatic verifier accepts its final answer, so the optimised signal is the task's own "
-             "correctness criterion rather than a learned preference model.", "",
-             "## Reward components", "", "| component | kind | target | weight | value when correct |",
-             "|---|---|---|---|---|"]
+             "## Optimisation intent", ""]
+    lines += _intent_lines(comps, inputs.get("no_eos_penalty", 0.0))
+    lines += ["", "## Reward components", "", "| component | kind | target | weight | values | measures |",
+              "|---|---|---|---|---|---|"]
     for c in comps:
-        lines.append(f"| {c['name']} | {c['kind']} | `{c['target']}` | {c['weight']} | "
-                     f"{c.get('correct_value') or inputs.get('verifiable_reward', 1.0)} |")
-    lines += ["", f"No-EOS penalty: {inputs.get('no_eos_penalty', 0.0)}.", "",
-              "## KL control", "",
-              f"- β = {kl.get('beta')} (final {kl.get('final_beta')}), estimator {kl.get('estimator')}, "
-              f"applied in the {kl.get('in')}; adaptive target: {kl.get('adaptive_target') or 'none (fixed β)'}.", "",
-              "## Metrics tracked", "",
-              "Per rollout step: reward mean/std and per component, KL to the reference, entropy, response length, "
-              "truncated share, clip fraction, generation and training tokens/s (see `metrics.jsonl`). "
-              "Held-out greedy accuracy with the same verifiers before, during and after the run.", "",
-              "## Observed behaviour", ""]
+        values = c.get("values") or (f"up to {c['correct_value']}" if c.get("correct_value") is not None else "?")
+        lines.append(f"| {c['name']} | {c.get('kind', '?')} | `{c.get('target', '?')}` | {c.get('weight')} | {values} | "
+                     f"{c.get('measures') or '?'} |")
+    lines += ["", f"No-EOS penalty: {inputs.get('no_eos_penalty', 0.0)}.", "", "## KL control", ""]
+    lines += _kl_lines(inputs.get("kl", {}))
+    logged = [label for key, label in TRACKED.items() if any(key in r for r in records)]
+    lines += ["", "## Metrics tracked", "",
+              "Per rollout step (`metrics.jsonl`): " + (", ".join(logged) if logged else "nothing logged")
+              + (", and each component's mean (`reward/<name>`)." if comps else ".")]
+    if inputs.get("heldout"):
+        lines.append(f"Held-out greedy accuracy, scored by each held-out row's verifier, at steps "
+                     f"{', '.join(str(h['step']) for h in inputs['heldout'])}.")
+    if before and after:
+        lines.append("Every evaluation task of the recipe, before and after this stage.")
+    if not heldout:
+        lines.append("No held-out evaluation ran (no `eval_data`): nothing in this report measures the policy "
+                     "outside the reward it was trained on.")
+    lines += ["", "## Observed behaviour", ""]
     if rewards:
-        lines.append(f"- Reward: first step {rewards[0]:.3f}, last step {rewards[-1]:.3f}, "
+        lines.append(f"- Total reward: first step {rewards[0]:.3f}, last step {rewards[-1]:.3f}, "
                      f"last third − first third = {thirds_delta(rewards) if len(rewards) > 1 else 0:+.3f} "
                      f"over {len(rewards)} steps.")
+        lines += [_component_line(c["name"], [r.get(f"reward/{c['name']}", float("nan")) for r in records])
+                  for c in comps]
+    else:
+        lines.append("- No rollout step was logged.")
     for label, value in heldout:
         lines.append(f"- Held-out ({label}): {value:.3f}")
     if before and after:
@@ -157,13 +216,16 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
         lines += [f"| {b['task']} | {b['metric']} | {a.get('n')} | {_cell(b)} | {_cell(a)} |"
                   for b, a in _primary_rows(before, after)]
     lines += ["", "## Failure modes", ""]
-    if mismatch["flag"]:
+    if len(heldout) < 2:
+        lines.append("- Objective mismatch: not checked: no held-out evaluation series to compare the reward with "
+                     "(give `eval_data` to evaluate before, during and after the run).")
+    elif mismatch["flag"]:
         lines.append(f"- **Objective mismatch**: the optimised reward rose ({mismatch['reward_delta']:+.3f}) while "
                      f"held-out accuracy fell ({mismatch['heldout_delta']:+.3f}). The reward no longer tracks the "
                      "goal; stop earlier, add held-out checks, or revisit the reward.")
     else:
-        lines.append("- Objective mismatch: not flagged on the optimised task's held-out split (the reward did not "
-                     "rise while its accuracy fell).")
+        lines.append("- Objective mismatch: not flagged on the held-out split (the reward did not rise while its "
+                     "accuracy fell).")
     for f in fallen:
         lines.append(f"- **Objective mismatch on `{f['task']}`**: the reward rose while {f['metric']} fell from "
                      f"{f['before']:.3f} to {f['after']:.3f} (n = {f['n']}), below the lower end of its interval "
@@ -171,15 +233,22 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
                      "lost elsewhere; mix that task's prompts into the RL data or stop earlier.")
     if before and after and not fallen:
         lines.append("- No evaluation task fell below its interval from before this stage.")
-    if hacking["signs"]:
+    if len(lengths) < 2:
+        lines.append("- Reward hacking signs: not checked (fewer than two logged steps).")
+    elif hacking["signs"]:
         lines += [f"- **Reward hacking sign**: {s}." for s in hacking["signs"]]
     else:
         lines.append("- Reward hacking signs: none (no length blow-up, truncated share not rising).")
+    risks = list(dict.fromkeys(r for c in comps for r in c.get("risks", [])))
+    if risks:
+        lines += ["", "Known risks of these kinds of reward (what to watch for, not observations of this run):", ""]
+        lines += [f"- {r}" for r in risks]
     if (run_dir / "curves.png").exists():
         lines += ["", "![training curves](curves.png)"]
     path = run_dir / "reward_report.md"
-    path.write_text("\n".join(lines) + "\n")
-    (run_dir / "reward_report.json").write_text(json.dumps({"objective_mismatch": mismatch, "hacking": hacking,
-                                                            "heldout": heldout,
-                                                            "tasks_fallen": fallen}, indent=1))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(run_dir / "reward_report.json", json.dumps(
+        {"components": comps, "objective_mismatch": {**mismatch, "checked": len(heldout) >= 2},
+         "hacking": {**hacking, "checked": len(lengths) >= 2}, "heldout": heldout, "tasks_fallen": fallen},
+        indent=1))
     return path

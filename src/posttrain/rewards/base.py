@@ -34,6 +34,10 @@ class Verifier:
     """Base class: subclasses set ``name`` and implement ``__call__``."""
 
     name: str = ""
+    # For the Reward Report (rewards/describe.py): what the score measures, and whether it takes
+    # values strictly between 0 and 1 (None: not declared, and the report claims neither).
+    measures: str = ""
+    partial_credit: bool | None = None
 
     def __call__(self, prediction: str, ground_truth: Any) -> VerificationResult:  # pragma: no cover
         raise NotImplementedError

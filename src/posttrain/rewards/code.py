@@ -436,6 +436,9 @@ class CodeVerifier(Verifier):
     """Sandboxed unit-test verifier; options ``timeout_s`` (wall, per prediction) and
     ``memory_mb`` (address space, per process)."""
 
+    measures = "the share of the reference unit tests the extracted code passes, run in a sandbox"
+    partial_credit = True
+
     def __init__(self, timeout_s: float = 5.0, memory_mb: int = 512):
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb

@@ -33,6 +33,7 @@ import math
 from typing import Any, Callable, Sequence
 
 from posttrain.rewards.base import Verifier, get_verifier
+from posttrain.rewards.describe import RewardDescription, describe_component, verifier_description
 
 __all__ = ["load_callable", "VerifierReward", "RewardComposer", "build_reward", "check_reward_spec",
            "completion_text"]
@@ -151,6 +152,16 @@ class VerifierReward:
             names.append(str(name).lower())
         return names
 
+    def describe(self) -> RewardDescription:
+        """Binary or partial credit as declared by the verifiers in use: the fixed one, or with
+        ``auto`` the ones the rows named so far (after a run: every verifier that scored)."""
+        used = [self._get(n) for n in sorted(self._verifiers)] if self.verifier_name == "auto" else \
+            [self._get(self.verifier_name)] + [v for n, v in sorted(self._verifiers.items()) if n != self.verifier_name]
+        declared = [v.partial_credit for v in used]
+        partial = True if any(declared) else (False if declared and all(d is False for d in declared) else None)
+        return verifier_description([v.name for v in used], self.weight * self.correct_value, partial,
+                                    [v.measures for v in used], auto=self.verifier_name == "auto")
+
     def __call__(
         self,
         prompts: Sequence,
@@ -194,6 +205,11 @@ class RewardComposer:
                 raise TypeError(f"reward component {name!r} is not callable")
         self.components = [(name, fn, float(weight)) for name, fn, weight in components]
         self.no_eos_penalty = float(no_eos_penalty)
+
+    def describe(self) -> list[dict]:
+        """Each component's :class:`~posttrain.rewards.describe.RewardDescription` as a dict with
+        its name and weight (``describe()`` of the component, or a user-function description)."""
+        return [describe_component(fn).as_dict(name, weight) for name, fn, weight in self.components]
 
     def __call__(
         self,

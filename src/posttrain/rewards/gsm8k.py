@@ -101,6 +101,9 @@ class GSM8KVerifier(Verifier):
     string (None when the prediction holds no number).
     """
 
+    measures = "the answer number read off the completion equals the reference number"
+    partial_credit = False
+
     def check_ground_truth(self, ground_truth: Any) -> None:
         if _gold_number(ground_truth) is None:
             raise ValueError(f"gsm8k ground truth holds no number: {ground_truth!r:.200} (give the answer, e.g. "

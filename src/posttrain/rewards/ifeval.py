@@ -104,6 +104,8 @@ class IFEvalVerifier(Verifier):
     """IFEval, strict: each instruction is checked on the response as written."""
 
     loose: bool = False
+    measures = "the share of the prompt's verifiable format instructions the response follows (IFEval, strict)"
+    partial_credit = True
 
     def check_ground_truth(self, ground_truth: Any) -> None:
         ids, kwargs_list = parse_spec(ground_truth)
@@ -135,3 +137,4 @@ class IFEvalLooseVerifier(IFEvalVerifier):
     :func:`loose_variants` follows it."""
 
     loose = True
+    measures = "the share of the prompt's verifiable format instructions the response follows (IFEval, loose)"

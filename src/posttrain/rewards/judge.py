@@ -53,6 +53,14 @@ class JudgeReward:
         self.high = getattr(self.judge, "high", 10)
         self.__name__ = "judge"
 
+    def describe(self):
+        """What the Reward Report says of this component (``rewards/describe.py``)."""
+        from posttrain.rewards.describe import judge_description
+
+        return judge_description(self.spec, self.low, self.high,
+                                 unreadable="a reply with no readable rating adds 0 to that completion's reward "
+                                            "and is counted in reward/<name>/unscored")
+
     def __call__(self, prompts: Sequence, completions: Sequence, **columns) -> list[float | None]:
         from posttrain.rewards.compose import completion_text
 

@@ -444,6 +444,9 @@ class MathVerifier(Verifier):
         timeout: wall-clock seconds allowed for one math-verify check (any thread).
     """
 
+    measures = "the final answer is mathematically equivalent to the reference answer"
+    partial_credit = False
+
     def __init__(self, timeout: float = DEFAULT_TIMEOUT_S):
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
@@ -478,6 +481,9 @@ class StrictMathVerifier(MathVerifier):
     """Like ``math`` but reads only the Minerva sentence
     "Final Answer: The final answer is X. I hope it is correct." (open-instruct's
     ``StrictMathVerifier``); a boxed or free-form answer scores 0 with ``extracted`` None."""
+
+    measures = ("the answer in the Minerva sentence \"Final Answer: The final answer is X\" is mathematically "
+                "equivalent to the reference answer")
 
     def extract(self, prediction: str) -> tuple[str | None, str | None]:
         answer = minerva_answer(prediction)

@@ -144,6 +144,7 @@ class RewardModelScorer:
         if model is None:
             model, tokenizer = load_reward_model(str(path), dtype=dtype, device=device)
         self.model, self.tokenizer = model.eval(), tokenizer
+        self.source = str(path)
         self.device = next(model.parameters()).device
         # max_prompt_length: truncate as the trainer did (left-truncated prompt), so held-out scores
         # match the training run's own evaluation
@@ -215,7 +216,13 @@ class RewardModelReward:
         self.scorer = path_or_scorer if isinstance(path_or_scorer, RewardModelScorer) else \
             RewardModelScorer(str(path_or_scorer), **scorer_options)
         self.scale, self.offset = scale, offset
+        self.source = str(getattr(path_or_scorer, "source", path_or_scorer))   # for the Reward Report
         self.__name__ = "reward_model"  # TRL logs reward functions by __name__
+
+    def describe(self):
+        from posttrain.rewards.describe import reward_model_description
+
+        return reward_model_description(self.source, self.scale, self.offset)
 
     def __call__(self, prompts: list, completions: list, **columns) -> list[float]:
         return [self.scale * s + self.offset for s in self.scorer.score(prompts, completions)]

@@ -392,12 +392,15 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
     # --- final model and reports
     out = engine.save_final()
     if main:
+        from posttrain.reports.reward_report import write_reward_report
         from posttrain.reports.training import write_training_report
 
         write_reward_report_inputs(run_dir, config, reward, kl_controller)
         write_training_report(run_dir, algorithm.upper(), extra={"prompts": len(rows), "held-out": len(eval_rows),
                                                                   "reward": [n for n, _, _ in reward.components]})
-        log(f"[green]done[/]: model in {out}, report in {run_dir / 'report.md'}", main)
+        write_reward_report(run_dir)   # a recipe writes it again with its before/after evaluation
+        log(f"[green]done[/]: model in {out}, reports in {run_dir / 'report.md'} and "
+            f"{run_dir / 'reward_report.md'}", main)
     return last_record
 
 
@@ -608,23 +611,18 @@ def _write_samples(path: Path, engine: Engine, rollout: Rollout, scores_B: torch
 
 
 def write_reward_report_inputs(run_dir: Path, config: RLConfig, reward, kl_controller) -> Path:
-    """``reward_report_inputs.json``: what was optimised and how it tracked held-out accuracy."""
+    """``reward_report_inputs.json``: what was optimised (each reward component's description) and
+    how it tracked held-out accuracy; ``reports.reward_report.write_reward_report`` renders it."""
     from posttrain.reports.training import read_metrics
 
     records = read_metrics(run_dir)
     train = [r for r in records if "reward_mean" in r]
     evals = [r for r in records if "eval_accuracy" in r]
-    components = []
-    for entry, (name, _, weight) in zip(reward_spec(config), reward.components):
-        kind = next(k for k in ("verifier", "function", "reward_model", "judge") if k in entry)
-        target = entry.get(kind)
-        components.append({"name": name, "kind": kind, "target": target if isinstance(target, str) else repr(target),
-                           "weight": weight, "correct_value": entry.get("correct_value")})
     blob = {
         "algorithm": config.algorithm,
         "model": config.model,
         "data": config.data, "eval_data": config.eval_data,
-        "reward_components": components,
+        "reward_components": reward.describe(),   # each component's own description (rewards/describe.py)
         "no_eos_penalty": config.no_eos_penalty,
         "verifiable_reward": config.verifiable_reward,
         "kl": {"beta": config.beta, "final_beta": kl_controller.value, "estimator": config.kl_estimator,
