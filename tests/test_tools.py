@@ -84,6 +84,18 @@ class NudgeEnvironment:
         return StepResult(observation=None if self.steps >= 2 else "Go on.", reward=0.25, done=self.steps >= 2)
 
 
+class JunkEnvironment(NudgeEnvironment):
+    """Its step returns a number, not a StepResult."""
+
+    def step(self, turn):
+        return 42
+
+
+class RaisingEnvironment(NudgeEnvironment):
+    def step(self, turn):
+        raise KeyError("no such board")
+
+
 class Scripted:
     """A policy that says the given turns in order (the same turn for every row of a call)."""
 
@@ -324,6 +336,16 @@ def test_a_tool_that_raises_hangs_or_returns_junk_ends_its_episode_with_a_reason
     assert policy.calls == 1
 
 
+@pytest.mark.parametrize("environment,reason", [
+    ("test_tools:JunkEnvironment", "step returned junk: a int, not a StepResult"),
+    ("test_tools:RaisingEnvironment", "raised KeyError: 'no such board'"),
+])
+def test_an_environment_that_fails_ends_only_its_episodes(environment, reason, tokenizer):
+    _, out = episodes(Scripted(tokenizer, ["A move.", "never reached"]), tokenizer, environment=environment,
+                      rows=(ROW, ROW))
+    assert out.end_reasons == ["env_failure"] * 2 and out.failures == [reason] * 2
+
+
 def test_bad_calls_by_the_model_are_answered_and_the_episode_goes_on(tokenizer):
     policy = Scripted(tokenizer, ['<tool_call>{"name": calc}</tool_call>', '<tool_call>{"name": "abacus", '
                                   '"arguments": {}}</tool_call>', CALL, "The answer is 156."])
@@ -421,3 +443,33 @@ def test_unknown_tools_are_refused_before_the_model_loads(tmp_path, monkeypatch)
     config = rl_config(GRPOConfig, str(tmp_path / "no-model"), tmp_path / "x", tools=["calculator", "nowhere:tool"])
     with pytest.raises(ConfigError, match="no module named 'nowhere'"):
         trainer.run_rl(config)
+
+
+# --- the embedded model
+
+
+@pytest.mark.slow
+def test_embedded_model_trains_two_grpo_steps_with_the_calculator(tmp_path):
+    """`posttrain grpo tools=[calculator]` on `builtin:arithmetic_tools`, as a user runs it: two
+    steps of episodes of the real SmolLM2-135M-Instruct, the tools block in its system turn, the
+    held-out set evaluated over the same episodes before and after."""
+    from posttrain.cli import main as cli_main
+    from test_rl import read_metrics
+
+    out = tmp_path / "tools"
+    assert cli_main(["grpo", f"out={out}", "tools=[calculator]", "max_steps=2", "prompts_per_step=2",
+                     "group_size=2", "max_new_tokens=32", "max_turns=2", "max_episode_tokens=96",
+                     "learning_rate=1e-6", "progress=false", "save_samples=4",
+                     "data=[{source: 'builtin:arithmetic_tools', n: 8}]",
+                     "eval_data=[{source: 'builtin:arithmetic_tools:test', n: 2}]"]) == 0
+    records = read_metrics(out)
+    train = [r for r in records if "reward_mean" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    for key in ("episode/turns", "episode/tool_calls", "episode/end_done", "reward/environment",
+                "rollout/logprob_abs_diff_mean"):
+        assert key in train[0], key
+    assert train[0]["episode/turns"] >= 1
+    assert len([r for r in records if "eval_accuracy" in r]) == 2
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 8 and all(s["end"] for s in samples)   # save_samples per step
+    assert (out / "model" / "model.safetensors").exists()

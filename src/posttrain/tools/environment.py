@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from posttrain.tools.format import parse_tool_calls
-from posttrain.tools.spec import BUILTIN_TOOLS, Tool, ToolError, call_tool, resolve_tools
+from posttrain.tools.spec import BUILTIN_TOOLS, Tool, ToolError, ToolJunkError, call_tool, resolve_tools
 
-__all__ = ["Environment", "StepResult", "EpisodeEnded", "ToolEnvironment", "EnvironmentPool",
+__all__ = ["Environment", "StepResult", "EpisodeEnded", "ToolEnvironment", "ToolFailure", "EnvironmentPool",
            "environment_factory", "check_step"]
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,10 @@ class EpisodeEnded:
     reason: str
 
 
+class ToolFailure(RuntimeError):
+    """A tool raised or returned junk; the message names the tool (the pool ends the episode)."""
+
+
 class ToolEnvironment:
     """Tool calls in, tool results out (module docstring). A call the model wrote badly (not
     JSON, unknown tool, wrong arguments) is answered with an ``error: …`` result so the model can
@@ -94,9 +98,10 @@ class ToolEnvironment:
             else:
                 try:
                     text = call_tool(tool, call.arguments)
+                except ToolJunkError as e:
+                    raise ToolFailure(f"tool {call.name} returned junk: {e}") from e
                 except Exception as e:
-                    raise RuntimeError(f"tool {call.name} {'returned junk' if isinstance(e, TypeError) else 'raised'}"
-                                       f" {type(e).__name__}: {e}") from e
+                    raise ToolFailure(f"tool {call.name} raised {type(e).__name__}: {e}") from e
             info["tool_errors"] += text.startswith("error:")
             results.append((call.name, text))
         return StepResult(observation=results, info=info)
@@ -200,7 +205,7 @@ class EnvironmentPool:
                     results[i] = EpisodeEnded(f"timed out after {self.timeout:g} s")
                 elif "error" in box:
                     e = box["error"]
-                    results[i] = EpisodeEnded(str(e) if isinstance(e, RuntimeError) and "tool " in str(e)
+                    results[i] = EpisodeEnded(str(e) if isinstance(e, ToolFailure)
                                               else f"raised {type(e).__name__}: {e}")
                 else:
                     results[i] = check(box["value"])
