@@ -134,17 +134,24 @@ def template_tokenizer(request, tokenizer):
     return tok
 
 
+def eos_likely(model, tokenizer, scale: float):
+    """Point the (tied) EOS embedding along the model's mean final hidden state, ``scale`` /
+    its norm long: EOS then gets a logit of about ``scale`` where the hidden state is typical
+    (the scale that gives a mix of short and cut turns depends on the model's width)."""
+    with torch.no_grad():
+        ids = torch.randint(0, len(tokenizer), (8, 24), generator=torch.Generator().manual_seed(0))
+        direction = model.model(input_ids=ids).last_hidden_state.flatten(0, 1).mean(0)
+        model.model.embed_tokens.weight[tokenizer.eos_token_id] = direction / direction.norm() ** 2 * scale
+    return model
+
+
 @pytest.fixture(scope="module")
 def eos_model_dir(tmp_path_factory, tokenizer):
     """A tiny random Llama whose EOS embedding points along the mean final hidden state, so EOS is
     sampled often (turns of a few tokens): sampled episodes then take several turns."""
     from conftest import build_tiny_model
 
-    model = build_tiny_model(tokenizer, seed=3)
-    with torch.no_grad():
-        ids = torch.randint(0, len(tokenizer), (8, 24), generator=torch.Generator().manual_seed(0))
-        direction = model.model(input_ids=ids).last_hidden_state.reshape(-1, 64).mean(0)
-        model.model.embed_tokens.weight[tokenizer.eos_token_id] = direction / direction.norm() ** 2 * 4.5
+    model = eos_likely(build_tiny_model(tokenizer, seed=3), tokenizer, scale=4.5)
     path = tmp_path_factory.mktemp("eos-llama")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -409,7 +416,8 @@ def test_grpo_with_tools_trains_on_episodes_and_changes_parameters(eos_model_dir
 
 @pytest.mark.parametrize("overrides,message", [
     ({"tools": ["calculator"], "environment": "calculator"}, "not both"),
-    ({"tools": ["calculator"], "rollout_backend": "vllm"}, "do not support rollout_backend=vllm"),
+    ({"tools": ["calculator"], "rollout_backend": "vllm-server", "vllm_server_urls": ["http://node2:8000"]},
+     "do not support rollout_backend=vllm-server"),
     ({"tools": ["calculator"], "max_episode_tokens": 4}, "max_episode_tokens=4 is below"),
 ])
 def test_unsupported_tool_options_are_refused(overrides, message, tiny_model_dir, tmp_path):

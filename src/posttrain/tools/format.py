@@ -133,6 +133,11 @@ class ToolChat:
         body = "\n".join(f"<tool_response>\n{text}\n</tool_response>" for _, text in results)
         return [{"role": "user", "content": body}]
 
+    def prompt_overhead(self) -> int:
+        """Tokens the tools block adds to a prompt (to size a rollout engine's context)."""
+        bare = [{"role": "user", "content": "q"}]
+        return len(self.encode_prompt(self.prompt_messages(bare))) - len(self.encode_prompt(bare))
+
     def encode_prompt(self, messages: list[dict]) -> list[int]:
         return self._encode(self._render(messages, True))
 

@@ -177,7 +177,8 @@ class RLConfig(TrainingOptions):
         if self.max_episode_tokens < self.max_new_tokens:
             raise ConfigError(f"max_episode_tokens={self.max_episode_tokens} is below one turn's max_new_tokens="
                               f"{self.max_new_tokens}: raise it (it bounds all turns and tool results together)")
-        refused = [(self.rollout_backend != "hf", f"rollout_backend={self.rollout_backend}", "rollout_backend=hf"),
+        refused = [(self.rollout_backend == "vllm-server", "rollout_backend=vllm-server",
+                    "rollout_backend=hf or vllm"),
                    (self.placement != "local", f"placement={self.placement}", "placement=local"),
                    (ALGORITHMS[self.algorithm].value_model, f"{self.algorithm} (a value model)",
                     "grpo, rloo, dapo or another algorithm without a value model"),

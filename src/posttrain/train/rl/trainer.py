@@ -66,7 +66,7 @@ from posttrain.train.engine import Engine, TrainingError
 from posttrain.models.layout import completion_token_logps, prompt_sharing
 from posttrain.train.rl.algorithms import algorithm_spec
 from posttrain.train.rl.config import RLConfig
-from posttrain.tools import EnvironmentPool, environment_factory
+from posttrain.tools import EnvironmentPool, ToolChat, environment_factory
 from posttrain.train.rl.multiturn import MultiTurnRollout, episode_metrics
 from posttrain.train.rl.rollout import Rollout, TopPActionMask, completion_logits, forward_inputs, make_backend
 
@@ -408,8 +408,11 @@ def rollout_backend(config: RLConfig, engine: Engine, tokenizer, local_prompts: 
     generate); sharded, its forwards gather each layer's weights, so the processes generate in
     lockstep (``synced``). vLLM engines load the starting weights from the model folder."""
     model_path = resolve_model_path(config.model)
+    episodes = multi_turn_setup(config, tokenizer) if config.multi_turn else None
+    # vLLM's context: the prompt (with the tools block of multi-turn episodes) and the longest completion
+    context = config.max_prompt_length + config.completion_limit() + (episodes[2].prompt_overhead() if episodes else 0)
     vllm_options = {"dtype": config.dtype if config.dtype != "auto" else "bfloat16",
-                    "max_model_len": config.max_prompt_length + config.max_new_tokens,
+                    "max_model_len": context,
                     "gpu_memory_utilization": config.vllm_gpu_memory_utilization, "seed": config.seed}
     if config.placement == "ray":
         from posttrain.train.rl.ray_rollout import RayRollout
@@ -429,17 +432,18 @@ def rollout_backend(config: RLConfig, engine: Engine, tokenizer, local_prompts: 
     backend = make_backend(config.rollout_backend, engine.unwrapped(), tokenizer, model_path=model_path,
                            batch_size=max(config.batch_size, local_prompts * config.group_size), share_prompts=share,
                            cache=config.rollout_cache, synced=engine.sharded, vllm_options=vllm_options)
-    if config.multi_turn:   # episodes of several turns over the same backend (train/rl/multiturn.py)
-        backend = multi_turn_rollout(config, backend, tokenizer)
+    if episodes:   # episodes of several turns over the same backend (train/rl/multiturn.py)
+        make_environment, tools, _ = episodes
+        backend = MultiTurnRollout(backend, tokenizer, make_environment, tools,
+                                   EnvironmentPool(config.environment_workers, config.tool_timeout), config.max_turns,
+                                   config.max_episode_tokens)
     return backend
 
 
-def multi_turn_rollout(config: RLConfig, backend, tokenizer) -> MultiTurnRollout:
-    """``backend`` driven over episodes with the configured tools or environment."""
+def multi_turn_setup(config: RLConfig, tokenizer) -> tuple:
+    """The configured environment factory, the tools it shows and their chat rendering."""
     make_environment, tools = environment_factory(config.environment, config.tools, config.retrieval_corpus)
-    return MultiTurnRollout(backend, tokenizer, make_environment, tools,
-                            EnvironmentPool(config.environment_workers, config.tool_timeout), config.max_turns,
-                            config.max_episode_tokens)
+    return make_environment, tools, ToolChat(tokenizer, [t.schema for t in tools])
 
 
 def update_gives_old_logps(config: RLConfig) -> bool:
