@@ -481,3 +481,47 @@ def test_embedded_model_trains_two_grpo_steps_with_the_calculator(tmp_path):
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8 and all(s["end"] for s in samples)   # save_samples per step
     assert (out / "model" / "model.safetensors").exists()
+
+
+# --- posttrain eval on tool tasks
+
+
+class ToolCallingGenerator:
+    """An evaluation generator whose episodes call the calculator on the question's expression
+    and answer with the tool's result: what a model that learned the tool would do."""
+
+    def episodes(self, prompts, tools, max_turns, max_new_tokens=256, temperature=0.0, top_p=1.0, num_samples=1,
+                 seed=0):
+        from posttrain.tools.calculator import calculator
+
+        assert tools == ("calculator",) and max_turns == 3
+        out = []
+        for messages in prompts:
+            expression = messages[-1]["content"].split("?")[0].removeprefix("What is ")
+            final = f"The answer is {calculator(expression)}."
+            out.append([{"final": final, "episode": f"{CALL}…{final}", "end": "done"}] * num_samples)
+        return out
+
+
+def test_eval_scores_tool_tasks_on_the_final_turn(tmp_path):
+    from posttrain.evaluation.runner import evaluate
+
+    result = evaluate(None, "arith_tools_builtin", tmp_path, limit=4, generator=ToolCallingGenerator())
+    task = result["tasks"]["arith_tools_builtin"]
+    assert task["metrics"][0]["metric"] == "accuracy" and task["metrics"][0]["value"] == 1.0
+    records = [json.loads(line) for line in open(task["samples_file"])]
+    assert len(records) == 4 and all(r["ends"] == ["done"] and "<tool_call>" in r["episodes"][0] for r in records)
+
+
+def test_eval_episodes_of_a_real_model_are_seeded_per_prompt(eos_model_dir):
+    from posttrain.evaluation.generation import HFGenerator
+    from posttrain.models import load_model, load_tokenizer
+
+    gen = HFGenerator(load_model(eos_model_dir), load_tokenizer(eos_model_dir), batch_size=4)
+    prompts = [[{"role": "user", "content": f"What is {a} * 7?"}] for a in (123, 456)]
+    both = gen.episodes(prompts, ("calculator",), max_turns=2, max_new_tokens=6, temperature=1.0, num_samples=2,
+                        seed=5)
+    alone = gen.episodes(prompts[1:], ("calculator",), max_turns=2, max_new_tokens=6, temperature=1.0, num_samples=2,
+                         seed=6)   # prompt 1 of the first call had seed 5 + 1
+    assert [len(e) for e in both] == [2, 2] and both[1] == alone[0]
+    assert all(e["end"] in ("done", "turn_tokens", "episode_tokens", "max_turns") for e in both[0])
