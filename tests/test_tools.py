@@ -259,6 +259,30 @@ def test_rendering_after_turn_k_is_a_prefix_of_rendering_after_turn_k_plus_1(tem
         assert after.startswith(before)
 
 
+NATIVE = (   # a minimal template with its own tools= support, in the manner of Qwen 2.5's
+    "{% if tools %}<|im_start|>system\nTOOLS:{% for t in tools %}\n{{ t | tojson }}{% endfor %}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'tool' %}<|im_start|>user\n<tool_response>{{ m['content'] }}"
+    "</tool_response><|im_end|>\n{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_template_with_its_own_tools_support_renders_them(tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = NATIVE
+    (calc,) = resolve_tools(["calculator"])
+    chat = ToolChat(tok, [calc.schema])
+    assert chat.native and chat.prompt_messages(ROW["messages"]) == ROW["messages"]   # no fallback block
+    prompt = tok.decode(chat.encode_prompt(chat.prompt_messages(ROW["messages"])))
+    # (transformers renders with trim_blocks: no newline after a block tag)
+    assert prompt.startswith('<|im_start|>system\nTOOLS:{"type": "function"') and "# Tools" not in prompt
+    history = ROW["messages"] + [{"role": "assistant", "content": CALL}]
+    inserted = tok.decode(chat.continuation_ids(history, chat.result_messages([("calculator", "156")])))
+    assert inserted == "\n<|im_start|>user\n<tool_response>156</tool_response><|im_end|>\n<|im_start|>assistant\n"
+
+
 def test_episode_tokens_are_the_sampled_ids_and_the_template_rendering(template_tokenizer):
     """Scripted turns: a call, then the answer. The episode's mask-1 ids are exactly the scripted
     (sampled) ids, the rest has mask 0, and prompt + episode decode to the template's rendering
