@@ -549,3 +549,22 @@ def test_eval_episodes_of_a_real_model_are_seeded_per_prompt(eos_model_dir):
                          seed=6)   # prompt 1 of the first call had seed 5 + 1
     assert [len(e) for e in both] == [2, 2] and both[1] == alone[0]
     assert all(e["end"] in ("done", "turn_tokens", "episode_tokens", "max_turns") for e in both[0])
+
+
+def test_tool_sft_demonstrations_teach_what_rl_renders(tokenizer):
+    """The demonstrations' prompt is token for token the prompt RL samples from, and SFT trains
+    the call and the answer, never the system, user or tool turns."""
+    from posttrain.data import encode_conversation
+    from posttrain.data.builtin import arithmetic_tools_sft
+
+    row = arithmetic_tools_sft("train", n=3)[0]
+    (calc,) = resolve_tools(["calculator"])
+    chat = ToolChat(tokenizer, [calc.schema])
+    prompt = chat.encode_prompt(chat.prompt_messages(row["messages"][1:2]))
+    encoded = encode_conversation(tokenizer, row["messages"])
+    assert encoded["input_ids"][:len(prompt)] == prompt
+    trained = tokenizer.decode([t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != -100])
+    call, answer = row["messages"][2]["content"], row["messages"][4]["content"]
+    assert trained == f"{call}<|im_end|>{answer}<|im_end|>"
+    parsed = parse_tool_calls(call).calls[0]
+    assert calc.function(**parsed.arguments) == row["messages"][3]["content"] == row["ground_truth"]

@@ -222,6 +222,31 @@ def arithmetic_tools(split: str = "train", n: int = 500, seed: int = 0) -> list[
     raise ValueError(f"cannot generate {n} distinct {split} tool problems: ask for fewer")
 
 
+def arithmetic_tools_sft(split: str = "train", n: int = 500, seed: int = 0) -> list[dict]:
+    """Demonstrations of the calculator on ``arithmetic_tools`` problems, to warm a policy up for
+    tool RL (a model that never calls the tool gets no signal from it): the tools block in the
+    system turn exactly as RL renders it (``tools/format.py``'s fallback), the call, the result as
+    a ``tool`` turn, the answer. For templates that render a ``tool`` role (SmolLM2's ChatML);
+    SFT trains the two assistant turns only."""
+    import json
+
+    from posttrain.tools import ToolChat, resolve_tools
+
+    (calculator,) = resolve_tools(["calculator"])
+    system = ToolChat.fallback_system_block([calculator.schema])
+    rows = []
+    for row in arithmetic_tools(split, n, seed):
+        question = row["messages"][0]["content"]
+        expression = question.split("?")[0].removeprefix("What is ")
+        call = json.dumps({"name": "calculator", "arguments": {"expression": expression}})
+        rows.append({"messages": [{"role": "system", "content": system}, row["messages"][0],
+                                  {"role": "assistant", "content": f"<tool_call>\n{call}\n</tool_call>"},
+                                  {"role": "tool", "name": "calculator", "content": calculator.function(expression)},
+                                  {"role": "assistant", "content": f"The answer is {row['ground_truth']}."}],
+                     "ground_truth": row["ground_truth"], "verifier": "gsm8k"})
+    return rows
+
+
 def _ifeval(kind: str) -> Callable:
     def load(split: str = "train", n: int = 500, seed: int = 0, **options):
         from posttrain.data import builtin_ifeval
@@ -242,6 +267,7 @@ BUILTINS: dict[str, Callable[..., list[dict]]] = {
     "arithmetic_rlvr": arithmetic_rlvr,
     "arithmetic_preference": arithmetic_preference,
     "arithmetic_tools": arithmetic_tools,
+    "arithmetic_tools_sft": arithmetic_tools_sft,
     "ifeval_rlvr": _ifeval("rlvr"),
     "ifeval_sft": _ifeval("sft"),
     "ifeval_preference": _ifeval("preference"),

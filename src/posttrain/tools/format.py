@@ -117,11 +117,16 @@ class ToolChat:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
                                                   **extra)
 
+    @staticmethod
+    def fallback_system_block(schemas: list[dict]) -> str:
+        """The fallback's system text for ``schemas`` (module docstring, item 2)."""
+        return TOOLS_SYSTEM_PROMPT.format(schemas="\n".join(json.dumps(s) for s in schemas))
+
     def prompt_messages(self, messages: list[dict]) -> list[dict]:
         """The conversation to start from: with the fallback, the schemas joined to the system turn."""
         if self.native or not self.schemas:
             return list(messages)
-        block = TOOLS_SYSTEM_PROMPT.format(schemas="\n".join(json.dumps(s) for s in self.schemas))
+        block = self.fallback_system_block(self.schemas)
         if messages and messages[0]["role"] == "system":
             return [{"role": "system", "content": messages[0]["content"] + "\n\n" + block}] + list(messages[1:])
         return [{"role": "system", "content": block}] + list(messages)
