@@ -17,7 +17,7 @@ beside the verifier's. Each built-in tool is also a one-tool environment
 episode at the first turn without a call (the final answer).
 
 :class:`EnvironmentPool` runs the ``reset``/``step`` calls of a batch's episodes concurrently
-(at most ``workers`` at once) with a ``timeout`` per call. A call that raises, runs past the
+(at most ``workers`` at once, the next starting as soon as one ends) with a ``timeout`` per call. A call that raises, runs past the
 timeout or returns something that is not a :class:`StepResult` (junk) ends *its* episode with a
 logged reason; the run goes on. A timed-out call cannot be killed (it is a Python thread): it
 runs on in a daemon thread whose result is dropped, and does not keep the process alive at exit.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -178,8 +179,9 @@ def check_step(value) -> StepResult | EpisodeEnded:
 
 class EnvironmentPool:
     """Runs environment calls concurrently, at most ``workers`` at once, each within ``timeout``
-    seconds (module docstring). Results keep the input order; a failed call gives
-    :class:`EpisodeEnded` with its reason."""
+    seconds of its own start (module docstring). A call starts as soon as a slot is free (a slow
+    call holds one slot, not the batch), and a timed-out call gives its slot back. Results keep
+    the input order; a failed call gives :class:`EpisodeEnded` with its reason."""
 
     def __init__(self, workers: int = 8, timeout: float = 30.0):
         if workers < 1 or timeout <= 0:
@@ -188,34 +190,45 @@ class EnvironmentPool:
 
     def run(self, calls: list[Callable[[], Any]], check: Callable[[Any], Any] = check_step) -> list:
         results: list = [None] * len(calls)
-        for start in range(0, len(calls), self.workers):
-            wave = range(start, min(start + self.workers, len(calls)))
-            boxes = {i: {} for i in wave}
-            threads = []
-            for i in wave:
-                thread = threading.Thread(target=self._call, args=(calls[i], boxes[i]), daemon=True,
-                                          name=f"posttrain-env-{i}")
-                thread.start()
-                threads.append((i, thread))
-            deadline = time.monotonic() + self.timeout
-            for i, thread in threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
-                box = boxes[i]
-                if thread.is_alive() or not box:
-                    results[i] = EpisodeEnded(f"timed out after {self.timeout:g} s")
-                elif "error" in box:
-                    e = box["error"]
-                    results[i] = EpisodeEnded(str(e) if isinstance(e, ToolFailure)
-                                              else f"raised {type(e).__name__}: {e}")
-                else:
-                    results[i] = check(box["value"])
+        finished: queue.Queue = queue.Queue()   # indices of calls that returned or raised
+        boxes = [{} for _ in calls]
+        waiting, running = list(range(len(calls)))[::-1], {}   # running: index → deadline
+        while waiting or running:
+            while waiting and len(running) < self.workers:
+                i = waiting.pop()
+                running[i] = time.monotonic() + self.timeout
+                threading.Thread(target=self._call, args=(calls[i], boxes[i], finished, i), daemon=True,
+                                 name=f"posttrain-env-{i}").start()
+            try:
+                i = finished.get(timeout=max(0.0, min(running.values()) - time.monotonic()))
+            except queue.Empty:   # the earliest deadline passed: every call past its own ends
+                now = time.monotonic()
+                for i in [i for i, deadline in running.items() if deadline <= now]:
+                    del running[i]
+                    results[i] = self._ended(f"timed out after {self.timeout:g} s")
+                continue
+            if i not in running:   # it finished after it had timed out: its result is dropped
+                continue
+            del running[i]
+            box = boxes[i]
+            if "error" in box:
+                e = box["error"]
+                results[i] = self._ended(str(e) if isinstance(e, ToolFailure) else f"raised {type(e).__name__}: {e}")
+            else:
+                results[i] = check(box["value"])
                 if isinstance(results[i], EpisodeEnded):
                     logger.warning("episode ended: %s", results[i].reason)
         return results
 
     @staticmethod
-    def _call(fn, box: dict):
+    def _ended(reason: str) -> EpisodeEnded:
+        logger.warning("episode ended: %s", reason)
+        return EpisodeEnded(reason)
+
+    @staticmethod
+    def _call(fn, box: dict, finished: queue.Queue, index: int):
         try:
             box["value"] = fn()
         except BaseException as e:  # noqa: BLE001 — any failure of user code ends only its episode
             box["error"] = e
+        finished.put(index)
