@@ -96,6 +96,11 @@ class RaisingEnvironment(NudgeEnvironment):
         raise KeyError("no such board")
 
 
+class FailingResetEnvironment(NudgeEnvironment):
+    def reset(self, row):
+        return "not a conversation"
+
+
 class Scripted:
     """A policy that says the given turns in order (the same turn for every row of a call)."""
 
@@ -386,6 +391,27 @@ def test_a_slow_call_holds_one_slot_of_the_pool_not_the_batch():
              lambda: fourth_ran.set() or "fourth"]
     assert EnvironmentPool(workers=2, timeout=30).run(calls, check=lambda v: v) == ["first", "second", "third",
                                                                                    "fourth"]
+
+
+def test_a_failed_reset_ends_the_episode_before_any_turn(tokenizer):
+    policy = Scripted(tokenizer, ["never sampled"])
+    _, out = episodes(policy, tokenizer, environment="test_tools:FailingResetEnvironment")
+    assert out.end_reasons == ["env_failure"] and out.failures == ["reset returned junk: a str, not a list of messages"]
+    assert policy.calls == 0 and out.turns.tolist() == [0] and out.completion_mask.sum() == 0
+    assert out.prompt_ids[0]   # the row's own prompt stands in, so the batch's forwards still have one
+
+
+def test_a_template_that_is_not_prefix_consistent_is_refused_at_setup(tokenizer):
+    import copy
+
+    from posttrain.data.templates import TemplateError
+
+    tok = copy.deepcopy(tokenizer)   # a header that counts the messages changes with every turn
+    tok.chat_template = ("{{ messages | length }} messages\n{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                         "{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                         "{% endif %}")
+    with pytest.raises(TemplateError, match="prefix"):
+        episodes(Scripted(tok, ["x"]), tok, tools=["calculator"])
 
 
 def test_bad_calls_by_the_model_are_answered_and_the_episode_goes_on(tokenizer):

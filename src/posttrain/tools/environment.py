@@ -146,7 +146,8 @@ def environment_factory(environment: str = "", tools: list | None = None, retrie
 # Running environment calls concurrently, each bounded in time
 
 
-def _valid_messages(value) -> bool:
+def valid_messages(value) -> bool:
+    """A list of ``{role, content}`` messages with string values."""
     return isinstance(value, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
                                            and isinstance(m.get("content"), str) for m in value)
 
@@ -164,7 +165,7 @@ def check_step(value) -> StepResult | EpisodeEnded:
     elif isinstance(obs, list) and obs and all(isinstance(o, tuple) and len(o) == 2 for o in obs):
         if not all(isinstance(a, str) and isinstance(b, str) for a, b in obs):
             return EpisodeEnded("step returned junk: tool results must be (name, text) pairs of strings")
-    elif obs is not None and not _valid_messages(obs):
+    elif obs is not None and not valid_messages(obs):
         return EpisodeEnded("step returned junk: the observation is not a list of {role, content} messages")
     try:
         reward = float(value.reward)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from posttrain.tools import EnvironmentPool, EpisodeEnded, StepResult, ToolChat
+from posttrain.tools.environment import valid_messages
 from posttrain.train.rl.rollout import Rollout, row_seed
 
 __all__ = ["EpisodeRollout", "MultiTurnRollout", "episode_metrics", "END_REASONS"]
@@ -100,6 +101,9 @@ class MultiTurnRollout:
         self.pool, self.max_turns, self.max_episode_tokens = pool, max_turns, max_episode_tokens
         self.pad_id = tokenizer.pad_token_id
         self.counts: dict = {}   # step info counts of the episodes being generated
+        # A template that does not render prefix-consistently is refused now, not at the first tool call.
+        probe = self.chat.prompt_messages([{"role": "user", "content": "q"}]) + [{"role": "assistant", "content": "a"}]
+        self.chat.continuation_ids(probe, self.chat.result_messages([("probe", "r")]))
 
     def update_weights(self, model):
         self.backend.update_weights(model)
@@ -134,14 +138,13 @@ class MultiTurnRollout:
             return e.env.reset(e.row)
 
         def check(messages):
-            ok = isinstance(messages, list) and messages and all(
-                isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
-            return messages if ok else EpisodeEnded(f"reset returned junk: a {type(messages).__name__}, "
-                                                    "not a list of messages")
+            if isinstance(messages, list) and messages and valid_messages(messages):
+                return messages
+            return EpisodeEnded(f"reset returned junk: a {type(messages).__name__}, not a list of messages")
 
         for episode, result in zip(episodes, self.pool.run([lambda e=e: reset(e) for e in episodes], check)):
-            if isinstance(result, EpisodeEnded):
-                episode.prompt = list(episode.row["prompt_ids"])
+            if isinstance(result, EpisodeEnded):   # no turn is sampled; the row's own prompt stands in
+                episode.prompt = self.chat.encode_prompt(self.chat.prompt_messages(episode.row["messages"]))
                 self._end(episode, "env_failure", finished=True, failure=result.reason)
             else:
                 episode.history = self.chat.prompt_messages(result)
