@@ -9,7 +9,9 @@ The interface is small (as OpenEnv's and Gymnasium's, with text in and out)::
         def step(self, turn: str) -> StepResult:  # the model's turn → what comes next
             return StepResult(observation=[{"role": "user", "content": "…"}], reward=0.0, done=False)
 
-One instance per episode (``environment=module:Class`` is called with no arguments). An
+One instance per episode (``environment=module:Class`` is called with ``environment_options`` as
+keyword arguments, none by default); an environment with a ``close()`` method has it called once
+its episode ends, however it ends. An
 observation is a list of messages (or a string: one ``user`` turn); ``done=True`` ends the
 episode after this turn, and the rewards of all steps are summed into the episode's reward
 beside the verifier's. Each built-in tool is also a one-tool environment
@@ -112,15 +114,37 @@ def _tool_environment(tools: list[Tool]) -> Callable[[], ToolEnvironment]:
     return lambda: ToolEnvironment(tools)
 
 
-def environment_factory(environment: str = "", tools: list | None = None, retrieval_corpus: str = ""
-                        ) -> tuple[Callable[[], Any], list[Tool]]:
+def environment_factory(environment: str = "", tools: list | None = None, retrieval_corpus: str = "",
+                        options: dict | None = None) -> tuple[Callable[[], Any], list[Tool]]:
     """A zero-argument factory making one environment per episode, and the tools it shows the
     model: ``tools`` alone gives a :class:`ToolEnvironment`; ``environment`` is a built-in tool
-    name or ``module:Class`` (whose ``tools`` attribute lists functions or built-in names)."""
+    name, ``openenv:URL`` (an OpenEnv server, ``tools/openenv.py``) or ``module:Class`` (whose
+    ``tools`` attribute lists functions or built-in names). ``options`` are the keyword arguments
+    of the environment's constructor (``module:Class`` and ``openenv:``)."""
+    import functools
+    import importlib.util
+
     from posttrain.rewards.compose import load_callable
 
+    options = dict(options or {})
     if environment and tools:
         raise ToolError("give tools or environment, not both (an environment brings its own tools)")
+    if environment.startswith("openenv:"):
+        if importlib.util.find_spec("openenv") is None:
+            raise ToolError(f"environment={environment}: OpenEnv is not installed; `pip install 'posttrain[openenv]'` "
+                            "(openenv-core)")
+        from posttrain.tools.openenv import PREFIX, OpenEnvEnvironment
+
+        url = environment[len(PREFIX):]
+        if not url.startswith(("http://", "https://", "ws://", "wss://")):
+            raise ToolError(f"environment={environment}: give the server's URL, e.g. openenv:http://localhost:8000")
+        unknown = sorted(set(options) - {"action_field", "observation_field"})
+        if unknown:
+            raise ToolError(f"environment_options: OpenEnv environments take action_field and observation_field, "
+                            f"not {', '.join(unknown)}")
+        return functools.partial(OpenEnvEnvironment, url, **options), []
+    if options and (not environment or environment in BUILTIN_TOOLS):
+        raise ToolError("environment_options are for environment=module:Class or openenv:URL")
     if not environment:
         resolved = resolve_tools(tools or [], retrieval_corpus)
         return _tool_environment(resolved), resolved
@@ -139,7 +163,7 @@ def environment_factory(environment: str = "", tools: list | None = None, retrie
             raise ToolError(f"environment={environment!r} has no {method}() method; an environment has "
                             "reset(row) -> messages and step(turn) -> StepResult")
     resolved = resolve_tools(list(getattr(cls, "tools", []) or []), retrieval_corpus)
-    return cls, resolved
+    return (functools.partial(cls, **options) if options else cls), resolved
 
 
 # ---------------------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ def _check_rl(options) -> None:
         from posttrain.tools.retrieval import CorpusError
 
         try:
-            environment_factory(options.environment, options.tools, options.retrieval_corpus)
+            environment_factory(options.environment, options.tools, options.retrieval_corpus,
+                                options.environment_options)
         except (ToolError, CorpusError) as e:
             raise ConfigError(str(e)) from None
     verifier_entries = [e for e in options.reward if "verifier" in e]

@@ -100,7 +100,10 @@ class RLConfig(TrainingOptions):
     tools: list[str] = opt([], "tools the policy may call over several turns: built-ins calculator, python, retrieval, "
                            "or module:function (a typed function with a docstring); e.g. [calculator]", "Tools")
     environment: str = opt("", "what answers the policy between turns: a built-in tool name (a one-tool environment) "
-                           "or module:Class with reset(row) and step(turn); instead of tools", "Tools")
+                           "module:Class with reset(row) and step(turn), or openenv:URL (an OpenEnv server; pip install "
+                           "'posttrain[openenv]'); instead of tools", "Tools")
+    environment_options: dict[str, Any] = opt({}, "keyword arguments of the environment's constructor (module:Class; "
+                                              "openenv:URL takes action_field and observation_field)", "Tools")
     max_turns: int = opt(4, "model turns per episode with tools or an environment (max_new_tokens is the limit "
                          "of each turn)", "Tools")
     max_episode_tokens: int = opt(256, "token limit of a whole episode after its prompt: the policy's turns plus "

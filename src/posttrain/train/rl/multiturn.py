@@ -128,6 +128,8 @@ class MultiTurnRollout:
             results = self.pool.run([lambda e=e: e.env.step(e.last_turn) for e in stepping])
             for episode, result in zip(stepping, results):
                 self._apply(episode, result, last_turn=turn == self.max_turns - 1)
+        closing = [e.env.close for e in episodes if callable(getattr(e.env, "close", None))]
+        self.pool.run(closing, check=lambda value: value)   # sessions end with their episode (failures logged)
         return self._rollout(episodes, rows, n, time.perf_counter() - start)
 
     # --- the steps of an episode

@@ -442,7 +442,8 @@ def rollout_backend(config: RLConfig, engine: Engine, tokenizer, local_prompts: 
 
 def multi_turn_setup(config: RLConfig, tokenizer) -> tuple:
     """The configured environment factory, the tools it shows and their chat rendering."""
-    make_environment, tools = environment_factory(config.environment, config.tools, config.retrieval_corpus)
+    make_environment, tools = environment_factory(config.environment, config.tools, config.retrieval_corpus,
+                                                  config.environment_options)
     return make_environment, tools, ToolChat(tokenizer, [t.schema for t in tools])
 
 
