@@ -69,19 +69,20 @@ def undocumented(x):
 
 
 class NudgeEnvironment:
-    """Answers every turn with "Go on." and a reward of 0.25; done after its second step."""
+    """Answers every turn with "Go on." and a reward of 0.25; done after its ``steps``-th step."""
 
     tools: list = []
 
-    def __init__(self):
-        self.steps = 0
+    def __init__(self, steps: int = 2):
+        self.steps, self.limit = 0, steps
 
     def reset(self, row):
         return row["messages"]
 
     def step(self, turn):
         self.steps += 1
-        return StepResult(observation=None if self.steps >= 2 else "Go on.", reward=0.25, done=self.steps >= 2)
+        done = self.steps >= self.limit
+        return StepResult(observation=None if done else "Go on.", reward=0.25, done=done)
 
 
 class JunkEnvironment(NudgeEnvironment):
@@ -121,8 +122,8 @@ class Scripted:
 
 
 def episodes(backend, tokenizer, tools=None, environment="", rows=(ROW,), n=1, max_turns=4, max_episode_tokens=400,
-             timeout=5.0, seeds=None, max_new_tokens=64):
-    make, resolved = environment_factory(environment, tools)
+             timeout=5.0, seeds=None, max_new_tokens=64, options=None):
+    make, resolved = environment_factory(environment, tools, options=options)
     rollout = MultiTurnRollout(backend, tokenizer, make, resolved, EnvironmentPool(4, timeout), max_turns,
                                max_episode_tokens)
     return rollout, rollout.generate([r["prompt_ids"] for r in rows], n, max_new_tokens, rows=list(rows), seeds=seeds)
@@ -412,6 +413,14 @@ def test_a_template_that_is_not_prefix_consistent_is_refused_at_setup(tokenizer)
                          "{% endif %}")
     with pytest.raises(TemplateError, match="prefix"):
         episodes(Scripted(tok, ["x"]), tok, tools=["calculator"])
+
+
+def test_environment_options_reach_the_constructor(tokenizer):
+    _, out = episodes(Scripted(tokenizer, ["a", "b", "c", "d"]), tokenizer, environment="test_tools:NudgeEnvironment",
+                      options={"steps": 3})
+    assert out.end_reasons == ["done"] and out.turns.tolist() == [3] and out.env_rewards.tolist() == [0.75]
+    with pytest.raises(ToolError, match="environment_options are for"):
+        environment_factory("calculator", options={"steps": 3})
 
 
 def test_bad_calls_by_the_model_are_answered_and_the_episode_goes_on(tokenizer):
