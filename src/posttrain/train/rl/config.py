@@ -99,7 +99,7 @@ class RLConfig(TrainingOptions):
     # Tools and environments (docs/tools.md)
     tools: list[str] = opt([], "tools the policy may call over several turns: built-ins calculator, python, retrieval, "
                            "or module:function (a typed function with a docstring); e.g. [calculator]", "Tools")
-    environment: str = opt("", "what answers the policy between turns: a built-in tool name (a one-tool environment) "
+    environment: str = opt("", "what answers the policy between turns: a built-in tool name (a one-tool environment), "
                            "module:Class with reset(row) and step(turn), or openenv:URL (an OpenEnv server; pip install "
                            "'posttrain[openenv]'); instead of tools", "Tools")
     environment_options: dict[str, Any] = opt({}, "keyword arguments of the environment's constructor (module:Class; "
