@@ -11,17 +11,17 @@ The interface is small (as OpenEnv's and Gymnasium's, with text in and out)::
 
 One instance per episode (``environment=module:Class`` is called with ``environment_options`` as
 keyword arguments, none by default); an environment with a ``close()`` method has it called once
-its episode ends, however it ends. An
-observation is a list of messages (or a string: one ``user`` turn); ``done=True`` ends the
-episode after this turn, and the rewards of all steps are summed into the episode's reward
-beside the verifier's. Each built-in tool is also a one-tool environment
+its episode ends, however it ends. An observation is a list of messages (or a string: one
+``user`` turn; or tool results as ``(tool name, text)`` pairs, rendered as the template renders
+tool results); ``done=True`` ends the episode after this turn, and the rewards of all steps are
+summed into the episode's reward beside the verifier's. Each built-in tool is also a one-tool environment
 (``environment=calculator``): :class:`ToolEnvironment` runs the calls of each turn and ends the
 episode at the first turn without a call (the final answer).
 
 :class:`EnvironmentPool` runs the ``reset``/``step`` calls of a batch's episodes concurrently
-(at most ``workers`` at once, the next starting as soon as one ends) with a ``timeout`` per call. A call that raises, runs past the
-timeout or returns something that is not a :class:`StepResult` (junk) ends *its* episode with a
-logged reason; the run goes on. A timed-out call cannot be killed (it is a Python thread): it
+(at most ``workers`` at once, the next starting as soon as one ends) with a ``timeout`` per call.
+A call that raises, runs past the timeout or returns something that is not a :class:`StepResult`
+(junk) ends *its* episode with a logged reason; the run goes on. A timed-out call cannot be killed (it is a Python thread): it
 runs on in a daemon thread whose result is dropped, and does not keep the process alive at exit.
 Tools that may hang for good belong in a subprocess (the ``python`` tool runs in the sandbox).
 """
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class StepResult:
     """``observation``: messages to append before the model's next turn (``None`` when done; a
-    string is one ``user`` turn). ``reward``: added to the episode's reward. ``info``: counts the
+    string is one ``user`` turn; ``(tool name, text)`` pairs are tool results). ``reward``: added to the episode's reward. ``info``: counts the
     trainer logs (``tool_calls``, ``parse_failures``, ``tool_errors``)."""
 
     observation: list[dict] | str | None = None
