@@ -5,7 +5,7 @@ from pathlib import Path
 import posttrain
 
 PACKAGE = Path(posttrain.__file__).parent
-LOWER_LAYERS = ["data", "judges", "losses", "models", "rewards"]
+LOWER_LAYERS = ["data", "judges", "losses", "models", "rewards", "tools"]
 
 
 def imported_modules(source: str, relative_path: Path) -> set[str]:

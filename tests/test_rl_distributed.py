@@ -16,6 +16,7 @@ import torch
 from _dist_rl import run_recorded
 from _launch import accelerate_launch
 from test_rl import read_metrics
+from test_tools import eos_model_dir  # noqa: F401  (fixture)
 
 SCRIPT = Path(__file__).parent / "_dist_rl.py"
 
@@ -120,6 +121,23 @@ def test_added_algorithms_on_two_processes_follow_one_process(algorithm, extra, 
     loss_atol = 2e-5 if algorithm == "reinforce_pp" else 1e-6
     assert_same_gradients(*assert_same_run(tmp_path / "rec1", tmp_path / "rec2", tmp_path / "one",
                                            tmp_path / "two", 1, loss_atol=loss_atol))
+
+
+@pytest.mark.parametrize("aggregation", ["grpo", "dapo"])
+def test_multi_turn_grpo_on_two_processes_follows_one_process(aggregation, eos_model_dir, tmp_path):
+    """Episodes of several turns (an environment answering each turn, its tokens mask 0): each
+    turn of each episode is seeded by (prompt seed, sample, turn), so the two processes sample
+    the same episodes as one; the loss over policy tokens only (per episode for grpo, per sampled
+    token over the step for dapo) gives the same losses and first-update gradients."""
+    options = dict(environment="test_tools:NudgeEnvironment", max_new_tokens=8, max_episode_tokens=40,
+                   aggregation=aggregation, max_steps=1)
+    run_recorded("GRPOConfig", overrides(eos_model_dir, tmp_path / "one", **options), str(tmp_path / "rec1"))
+    launch("GRPOConfig", overrides(eos_model_dir, tmp_path / "two", **options), str(tmp_path / "rec2"))
+    assert_same_gradients(*assert_same_run(tmp_path / "rec1", tmp_path / "rec2", tmp_path / "one", tmp_path / "two", 1))
+    a, b = train_records(tmp_path / "one"), train_records(tmp_path / "two")
+    assert a[0]["episode/turns"] > 1 and a[0]["episode/inserted_tokens"] > 0   # several turns, tool tokens in
+    for key in ("episode/turns", "episode/inserted_tokens", "reward/environment", "episode/end_done"):
+        assert a[0][key] == pytest.approx(b[0][key], abs=1e-9), key
 
 
 def test_prompts_per_step_must_split_over_processes(tiny_model_dir, tmp_path, monkeypatch):

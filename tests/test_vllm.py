@@ -72,6 +72,30 @@ def test_colocated_vllm_grpo_syncs_weights_every_step(tiny64_dir, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_colocated_vllm_trains_multi_turn_episodes(tiny64_dir, tmp_path):
+    """Episodes over the vLLM engine (environment turns in between, their tokens mask 0): the
+    sampler–trainer gap over the sampled tokens stays at float rounding, so vLLM's log-probs sit
+    on exactly the ids the trainer scores (token-in/token-out), across turns and weight syncs."""
+    from transformers import AutoModelForCausalLM
+
+    from test_tools import eos_likely
+
+    model_dir = tmp_path / "eos64"
+    eos_likely(AutoModelForCausalLM.from_pretrained(tiny64_dir), tokenizer_of(tiny64_dir), scale=12).save_pretrained(
+        model_dir)
+    tokenizer_of(tiny64_dir).save_pretrained(model_dir)
+    records = run_grpo(str(model_dir), tmp_path / "run", rollout_backend="vllm", max_new_tokens=8,
+                       environment="test_tools:NudgeEnvironment", max_episode_tokens=40)
+    assert_synced(records)
+    assert records[0]["episode/turns"] > 1 and records[0]["episode/inserted_tokens"] > 0
+
+
+def tokenizer_of(path):
+    from posttrain.models import load_tokenizer
+
+    return load_tokenizer(path)
+
+
 def test_seeded_vllm_samples_do_not_depend_on_the_batch(tiny64_dir, tokenizer):
     from posttrain.train.rl.rollout import VLLMRollout
 

@@ -176,6 +176,77 @@ def arithmetic_preference(split: str = "train", n: int = 1000, seed: int = 0, di
     return rows
 
 
+TOOL_INSTRUCTION = " Use the calculator tool to compute it, then end with 'The answer is N.'"
+
+
+def _tool_problem(rng: random.Random) -> tuple[str, int]:
+    """Arithmetic past what the embedded 135M model computes in its head (it gets 7/32 sums of
+    two-digit numbers right, OFFLINE-ASSETS.md): products of 3-digit by 2–3-digit numbers, sums
+    of three 4-digit numbers, and a product plus a 4-digit number."""
+    form = rng.randrange(4)
+    if form == 0:
+        a, b = rng.randint(100, 999), rng.randint(11, 99)
+        return f"{a} * {b}", a * b
+    if form == 1:
+        a, b = rng.randint(100, 999), rng.randint(100, 999)
+        return f"{a} * {b}", a * b
+    if form == 2:
+        a, b, c = (rng.randint(1000, 9999) for _ in range(3))
+        return f"{a} + {b} + {c}", a + b + c
+    a, b, c = rng.randint(100, 999), rng.randint(11, 99), rng.randint(1000, 9999)
+    return f"{a} * {b} + {c}", a * b + c
+
+
+def arithmetic_tools(split: str = "train", n: int = 500, seed: int = 0) -> list[dict]:
+    """RLVR rows for tool use (``posttrain grpo tools=[calculator]``): 3–4 digit products and sums
+    (``_tool_problem``), the answer as ``ground_truth``, verified by ``gsm8k`` on the final turn.
+
+    Example::
+
+        {"messages": [{"role": "user", "content": "What is 482 * 37? Use the calculator tool to compute it, then end with 'The answer is N.'"}],
+         "ground_truth": "17834", "verifier": "gsm8k"}
+    """
+    _check_split(split)
+    rng = random.Random(f"tools:{seed}:{split}")
+    rows, seen = [], set()
+    for _ in range(200 * n + 1000):
+        if len(rows) == n:
+            return rows
+        expression, answer = _tool_problem(rng)
+        question = f"What is {expression}?"
+        if question in seen or split_of(question) != split:
+            continue
+        seen.add(question)
+        rows.append({"messages": [{"role": "user", "content": question + TOOL_INSTRUCTION}],
+                     "ground_truth": str(answer), "verifier": "gsm8k"})
+    raise ValueError(f"cannot generate {n} distinct {split} tool problems: ask for fewer")
+
+
+def arithmetic_tools_sft(split: str = "train", n: int = 500, seed: int = 0) -> list[dict]:
+    """Demonstrations of the calculator on ``arithmetic_tools`` problems, to warm a policy up for
+    tool RL (a model that never calls the tool gets no signal from it): the tools block in the
+    system turn exactly as RL renders it (``tools/format.py``'s fallback), the call, the result as
+    a ``tool`` turn, the answer. For templates that render a ``tool`` role (SmolLM2's ChatML);
+    SFT trains the two assistant turns only."""
+    import json
+
+    from posttrain.tools import ToolChat, resolve_tools
+
+    (calculator,) = resolve_tools(["calculator"])
+    system = ToolChat.fallback_system_block([calculator.schema])
+    rows = []
+    for row in arithmetic_tools(split, n, seed):
+        question = row["messages"][0]["content"]
+        expression = question.split("?")[0].removeprefix("What is ")
+        call = json.dumps({"name": "calculator", "arguments": {"expression": expression}})
+        rows.append({"messages": [{"role": "system", "content": system}, row["messages"][0],
+                                  {"role": "assistant", "content": f"<tool_call>\n{call}\n</tool_call>"},
+                                  {"role": "tool", "name": "calculator", "content": calculator.function(expression)},
+                                  {"role": "assistant", "content": f"The answer is {row['ground_truth']}."}],
+                     "ground_truth": row["ground_truth"], "verifier": "gsm8k"})
+    return rows
+
+
 def _ifeval(kind: str) -> Callable:
     def load(split: str = "train", n: int = 500, seed: int = 0, **options):
         from posttrain.data import builtin_ifeval
@@ -195,6 +266,8 @@ BUILTINS: dict[str, Callable[..., list[dict]]] = {
     "arithmetic_sft": arithmetic_sft,
     "arithmetic_rlvr": arithmetic_rlvr,
     "arithmetic_preference": arithmetic_preference,
+    "arithmetic_tools": arithmetic_tools,
+    "arithmetic_tools_sft": arithmetic_tools_sft,
     "ifeval_rlvr": _ifeval("rlvr"),
     "ifeval_sft": _ifeval("sft"),
     "ifeval_preference": _ifeval("preference"),

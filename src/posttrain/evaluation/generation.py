@@ -88,6 +88,31 @@ class HFGenerator:
                 out[i] = [d.strip() for d in decoded[j * num_samples:(j + 1) * num_samples]]
         return out
 
+    def episodes(self, prompts: list[list[dict]], tools, max_turns: int, max_new_tokens: int = 256,
+                 temperature: float = 0.0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0) -> list[list[dict]]:
+        """Tool-use episodes, as RL runs them (``train/rl/multiturn.py``, ``docs/tools.md``):
+        per prompt, ``num_samples`` dicts ``{"final": last model turn, "episode": the whole
+        episode, "end": why it ended}``. ``max_new_tokens`` is per turn; an episode has room for
+        ``max_turns`` turns and as many tool results of the same size. Sampling is seeded per
+        prompt (``seed`` + its index), so a batch's neighbours do not change it."""
+        from posttrain.tools import EnvironmentPool, environment_factory
+        from posttrain.train.rl.multiturn import MultiTurnRollout
+        from posttrain.train.rl.rollout import HFRollout
+
+        make_environment, resolved = environment_factory(tools=list(tools))
+        backend = HFRollout(self.model, self.tokenizer, batch_size=self.batch_size * num_samples)
+        rollout = MultiTurnRollout(backend, self.tokenizer, make_environment, resolved, EnvironmentPool(),
+                                   max_turns, 2 * max_turns * max_new_tokens)
+        greedy = temperature == 0
+        if num_samples > 1 and greedy:
+            raise ValueError("num_samples > 1 needs temperature > 0 (greedy samples would all be equal)")
+        rows = [{"messages": p, "prompt_ids": []} for p in prompts]
+        out = rollout.generate([[] for _ in rows], num_samples, max_new_tokens, temperature=temperature or 1.0,
+                               top_p=top_p, greedy=greedy, rows=rows,
+                               seeds=None if greedy else [seed + i for i in range(len(rows))])
+        return [[{"final": out.texts[k].strip(), "episode": out.transcripts[k], "end": out.end_reasons[k]}
+                 for k in range(i * num_samples, (i + 1) * num_samples)] for i in range(len(rows))]
+
     @torch.inference_mode()
     def loglikelihood(self, requests: list[tuple[list[dict], str]]) -> list[float]:
         """Summed log p(continuation | rendered prompt) per request (right padding, one forward

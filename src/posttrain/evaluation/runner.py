@@ -282,6 +282,8 @@ def _settings(task: Task, run: _Run, max_new_tokens, num_samples, temperature, d
                 "data": data_files.get(task.name) or task.hub or "builtin"}
     if temp > 0:
         settings["seed"] = run.seed
+    if task.kind == "tools":
+        settings.update(tools=list(task.tools), max_turns=task.max_turns)
     if task.kind == "winrate":
         settings["judge"] = run.judge_spec
         settings["reference_model"] = run.reference_spec
@@ -349,8 +351,28 @@ def _process_winrate(run: _Run, task: Task, chunk: list[dict], settings: dict, p
             for s, o, ref, a, b in zip(chunk, outputs, references, mine, theirs)]
 
 
+def _process_tools(run: _Run, task: Task, chunk: list[dict], settings: dict, pool) -> list[dict]:
+    """Tool-use episodes (``HFGenerator.episodes``), the final turn scored; replayed predictions
+    are taken as final turns."""
+    gen = run.generator()
+    if hasattr(gen, "lookup"):
+        return _process_generate(run, task, chunk, settings, pool)
+    episodes = gen.episodes([s["messages"] for s in chunk], task.tools, task.max_turns,
+                            max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"],
+                            top_p=settings["top_p"], num_samples=settings["num_samples"],
+                            seed=_chunk_seed(run.seed, task.name, chunk[0]["id"]))
+    out = []
+    for s, sample_episodes in zip(chunk, episodes):
+        finals = [e["final"] for e in sample_episodes]
+        results = list(pool.map(lambda c: score_completion(task.scorer, c, s), finals))
+        out.append({"id": s["id"], "prompt": s["messages"][-1]["content"], "ground_truth": s.get("ground_truth"),
+                    "completions": finals, "episodes": [e["episode"] for e in sample_episodes],
+                    "ends": [e["end"] for e in sample_episodes], "results": results})
+    return out
+
+
 PROCESSORS: dict[str, Callable] = {"generate": _process_generate, "loglik": _process_loglik,
-                                   "rm_accuracy": _process_rm, "winrate": _process_winrate}
+                                   "rm_accuracy": _process_rm, "winrate": _process_winrate, "tools": _process_tools}
 
 
 def _run_task(run: _Run, task: Task, out_dir: Path, limit, settings_args, data_files, overwrite) -> dict:
@@ -455,7 +477,7 @@ def evaluate(
                 TASKS[name].load(TaskContext(data_files=data_files, limit=limit))
             except DataError as e:
                 raise DataError(f"task {name}: {e}") from None
-    if any(TASKS[n].kind in ("generate", "loglik", "winrate") and _missing_needs(TASKS[n], run) is None
+    if any(TASKS[n].kind in ("generate", "loglik", "winrate", "tools") and _missing_needs(TASKS[n], run) is None
            for n in names) or harness_tasks:
         run.generator()  # load the model first: a model that cannot load fails before any work
     results: dict[str, dict] = {}

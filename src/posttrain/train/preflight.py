@@ -76,6 +76,15 @@ def check_rows(rows: list, kind: str, source: str) -> list[tuple[str, dict]]:
 
 def _check_rl(options, reward: list) -> None:
     check_reward_components(reward)
+    if getattr(options, "multi_turn", False):   # tools import and have schemas; the corpus reads
+        from posttrain.tools import ToolError, environment_factory
+        from posttrain.tools.retrieval import CorpusError
+
+        try:
+            environment_factory(options.environment, options.tools, options.retrieval_corpus,
+                                options.environment_options)
+        except (ToolError, CorpusError) as e:
+            raise ConfigError(str(e)) from None
     verifier_entries = [e for e in reward if "verifier" in e]
     fixed = next((e["verifier"] for e in verifier_entries if e["verifier"] != "auto"), None)
     needs_answer = bool(verifier_entries)   # as the trainer decides: else bare prompts will do

@@ -98,6 +98,23 @@ class RLConfig(TrainingOptions):
     num_minibatches: int = opt(1, "optimizer updates per pass (the batch is split into this many)", "Update")
     chunked_loss: bool = opt(True, "run the LM head only on completion tokens, in chunks (recomputed in "
                              "backward): no full-vocabulary logits; NLPO's action mask keeps the plain path", "Update")
+    # Tools and environments (docs/tools.md)
+    tools: list[str] = opt([], "tools the policy may call over several turns: built-ins calculator, python, retrieval, "
+                           "or module:function (a typed function with a docstring); e.g. [calculator]", "Tools")
+    environment: str = opt("", "what answers the policy between turns: a built-in tool name (a one-tool environment), "
+                           "module:Class with reset(row) and step(turn), or openenv:URL (an OpenEnv server; pip install "
+                           "'posttrain[openenv]'); instead of tools", "Tools")
+    environment_options: dict[str, Any] = opt({}, "keyword arguments of the environment's constructor (module:Class; "
+                                              "openenv:URL takes action_field and observation_field)", "Tools")
+    max_turns: int = opt(4, "model turns per episode with tools or an environment (max_new_tokens is the limit "
+                         "of each turn)", "Tools")
+    max_episode_tokens: int = opt(256, "token limit of a whole episode after its prompt: the policy's turns plus "
+                                  "the tool results between them", "Tools")
+    tool_timeout: float = opt(30.0, "seconds an environment's reset or step (one turn's tool calls) may take; "
+                              "past it the episode ends, logged", "Tools")
+    environment_workers: int = opt(8, "environment steps run at once (a bounded pool of threads)", "Tools")
+    retrieval_corpus: str = opt("", "the retrieval tool's corpus: a .jsonl file with a 'text' field per line, or "
+                                "a text file with one passage per line", "Tools")
     # Logging
     save_samples: int = opt(2, "completions per step written to samples.jsonl (0 = none)", "Logging")
 
@@ -142,6 +159,39 @@ class RLConfig(TrainingOptions):
         if self.clip_low <= 0 or self.clip_high <= 0:
             raise ConfigError("clip_low and clip_high must be > 0")
         self.check_scale_options()
+        self.check_tool_options()
+
+    @property
+    def multi_turn(self) -> bool:
+        """Whether rollouts are multi-turn episodes (tools or an environment set)."""
+        return bool(self.tools or self.environment)
+
+    def completion_limit(self) -> int:
+        """The longest completion a rollout can produce (``dr_grpo``'s constant normaliser)."""
+        return self.max_episode_tokens if self.multi_turn else self.max_new_tokens
+
+    def check_tool_options(self):
+        """Limits of multi-turn rollouts and the pairings not supported with them (yet). The tools
+        themselves are imported by the preflight, before any model loads."""
+        if self.max_turns < 1 or self.environment_workers < 1 or self.tool_timeout <= 0:
+            raise ConfigError("max_turns and environment_workers must be >= 1 and tool_timeout > 0")
+        if not self.multi_turn:
+            return
+        if self.tools and self.environment:
+            raise ConfigError("give tools=[…] or environment=…, not both (an environment brings its own tools)")
+        if self.max_episode_tokens < self.max_new_tokens:
+            raise ConfigError(f"max_episode_tokens={self.max_episode_tokens} is below one turn's max_new_tokens="
+                              f"{self.max_new_tokens}: raise it (it bounds all turns and tool results together)")
+        refused = [(self.rollout_backend == "vllm-server", "rollout_backend=vllm-server",
+                    "rollout_backend=hf or vllm"),
+                   (self.placement != "local", f"placement={self.placement}", "placement=local"),
+                   (ALGORITHMS[self.algorithm].value_model, f"{self.algorithm} (a value model)",
+                    "grpo, rloo, dapo or another algorithm without a value model"),
+                   (ALGORITHMS[self.algorithm].action_mask, f"{self.algorithm} (an action mask)",
+                    "grpo, rloo or another algorithm without an action mask")]
+        for bad, what, fix in refused:
+            if bad:
+                raise ConfigError(f"multi-turn rollouts (tools / environment) do not support {what} yet: use {fix}")
 
     def check_scale_options(self):
         """Unsupported pairings of rollout backend, placement and installed engines, refused

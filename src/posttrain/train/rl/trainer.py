@@ -67,6 +67,8 @@ from posttrain.train.engine import Engine, TrainingError
 from posttrain.models.layout import completion_token_logps, prompt_sharing
 from posttrain.train.rl.algorithms import algorithm_spec
 from posttrain.train.rl.config import RLConfig
+from posttrain.tools import EnvironmentPool, ToolChat, environment_factory
+from posttrain.train.rl.multiturn import MultiTurnRollout, episode_metrics
 from posttrain.train.rl.rollout import Rollout, TopPActionMask, completion_logits, forward_inputs, make_backend
 
 __all__ = ["run_rl", "load_prompts", "reward_spec", "heldout_accuracy", "heldout_items", "RLState"]
@@ -112,6 +114,10 @@ def score(reward, rows: list[dict], rollout: Rollout) -> tuple[torch.Tensor, dic
     columns = {key: [r.get(key) for r in picked] for key in keys}
     totals, parts = reward([r["messages"] for r in picked], rollout.texts, finished=rollout.finished.tolist(),
                            **columns)
+    env_rewards = getattr(rollout, "env_rewards", None)   # multi-turn: the environment's summed step rewards
+    if env_rewards is not None:
+        totals = [t + float(e) for t, e in zip(totals, env_rewards)]
+        parts = {**parts, "environment": env_rewards.tolist()}
     sums = {}
     judges = {name for name, fn, _ in reward.components if isinstance(fn, JudgeReward)}
     for name, values in parts.items():
@@ -135,7 +141,8 @@ def heldout_items(backend, rows: list[dict], max_new_tokens: int, batch_size: in
     items = []
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
-        out = backend.generate([r["prompt_ids"] for r in chunk], n=1, max_new_tokens=max_new_tokens, greedy=True)
+        out = backend.generate([r["prompt_ids"] for r in chunk], n=1, max_new_tokens=max_new_tokens, greedy=True,
+                               **({"rows": chunk} if getattr(backend, "needs_rows", False) else {}))
         for row, text, m, done in zip(chunk, out.texts, out.completion_mask, out.finished):
             name = row["verifier"]
             verifiers.setdefault(name, get_verifier(name))
@@ -319,7 +326,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
 
     def normalizer(micro) -> float:
         mask_BT = micro["batch"]["mask"][micro["rows"].cpu()]
-        return aggregation_normalizer(config.aggregation, mask_BT, config.max_new_tokens) * micro["weight"]
+        return aggregation_normalizer(config.aggregation, mask_BT, config.completion_limit()) * micro["weight"]
 
     def submit(picked: list[int], submit_step: int):
         """Queue step ``submit_step``'s generation on the Ray workers (async_steps > 0)."""
@@ -357,7 +364,8 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
             rollout = backend.generate([rows[i]["prompt_ids"] for i in mine], n=config.group_size,
                                        max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                        top_p=config.top_p, top_k=config.top_k, action_mask=action_mask,
-                                       seeds=[prompt_seed(config.seed, step, i) for i in mine])
+                                       seeds=[prompt_seed(config.seed, step, i) for i in mine],
+                                       **({"rows": [rows[i] for i in mine]} if config.multi_turn else {}))
         step_rows = [rows[i] for i in mine]
         scores_B, component_sums = score(reward, step_rows, rollout)
         train_start = time.perf_counter()
@@ -379,6 +387,8 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
         record["rollout/staleness"] = staleness   # policy versions between sampling and this update
         record["training_tokens_per_s"] = record.pop("trained_tokens") / max(train_seconds, 1e-9)
         record["tokens_per_s"] = record["training_tokens_per_s"]
+        if config.multi_turn:
+            record.update(episode_metrics(engine, rollout))
         _write_samples(run_dir / "samples.jsonl", engine, rollout, scores_B, config.save_samples, step + 1)
         return record
 
@@ -413,8 +423,11 @@ def rollout_backend(config: RLConfig, engine: Engine, tokenizer, local_prompts: 
     generate); sharded, its forwards gather each layer's weights, so the processes generate in
     lockstep (``synced``). vLLM engines load the starting weights from the model folder."""
     model_path = resolve_model_path(config.model)
+    episodes = multi_turn_setup(config, tokenizer) if config.multi_turn else None
+    # vLLM's context: the prompt (with the tools block of multi-turn episodes) and the longest completion
+    context = config.max_prompt_length + config.completion_limit() + (episodes[2].prompt_overhead() if episodes else 0)
     vllm_options = {"dtype": config.dtype if config.dtype != "auto" else "bfloat16",
-                    "max_model_len": config.max_prompt_length + config.max_new_tokens,
+                    "max_model_len": context,
                     "gpu_memory_utilization": config.vllm_gpu_memory_utilization, "seed": config.seed}
     if config.placement == "ray":
         from posttrain.train.rl.ray_rollout import RayRollout
@@ -431,9 +444,22 @@ def rollout_backend(config: RLConfig, engine: Engine, tokenizer, local_prompts: 
         return VLLMServerRollout(config.vllm_server_urls, tokenizer,
                                  config.weight_sync_dir or str(engine.run_dir / "weight_sync"), is_main=engine.is_main,
                                  barrier=engine.accelerator.wait_for_everyone)
-    return make_backend(config.rollout_backend, engine.unwrapped(), tokenizer, model_path=model_path,
-                        batch_size=max(config.batch_size, local_prompts * config.group_size), share_prompts=share,
-                        cache=config.rollout_cache, synced=engine.sharded, vllm_options=vllm_options)
+    backend = make_backend(config.rollout_backend, engine.unwrapped(), tokenizer, model_path=model_path,
+                           batch_size=max(config.batch_size, local_prompts * config.group_size), share_prompts=share,
+                           cache=config.rollout_cache, synced=engine.sharded, vllm_options=vllm_options)
+    if episodes:   # episodes of several turns over the same backend (train/rl/multiturn.py)
+        make_environment, tools, _ = episodes
+        backend = MultiTurnRollout(backend, tokenizer, make_environment, tools,
+                                   EnvironmentPool(config.environment_workers, config.tool_timeout), config.max_turns,
+                                   config.max_episode_tokens)
+    return backend
+
+
+def multi_turn_setup(config: RLConfig, tokenizer) -> tuple:
+    """The configured environment factory, the tools it shows and their chat rendering."""
+    make_environment, tools = environment_factory(config.environment, config.tools, config.retrieval_corpus,
+                                                  config.environment_options)
+    return make_environment, tools, ToolChat(tokenizer, [t.schema for t in tools])
 
 
 def update_gives_old_logps(config: RLConfig) -> bool:
@@ -606,7 +632,9 @@ def _write_samples(path: Path, engine: Engine, rollout: Rollout, scores_B: torch
         return
     with path.open("a") as f:
         for i in range(min(count, len(rollout.texts))):
-            f.write(json.dumps({"step": step, "completion": rollout.texts[i],
+            episode = {"episode": rollout.transcripts[i], "end": rollout.end_reasons[i]} \
+                if hasattr(rollout, "transcripts") else {}
+            f.write(json.dumps({"step": step, "completion": rollout.texts[i], **episode,
                                 "reward": float(scores_B[i]), "finished": bool(rollout.finished[i])}) + "\n")
 
 
