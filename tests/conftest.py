@@ -49,7 +49,8 @@ def tiny_teacher_dir(tmp_path_factory, tokenizer):
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(20)
     model.save_pretrained(path)
-    return path
+    tokenizer.save_pretrained(path)
+    return str(path)
 
 
 @pytest.fixture(scope="session")

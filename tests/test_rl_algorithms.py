@@ -51,7 +51,7 @@ def test_every_spec_resolves_and_its_config_runs_that_algorithm():
 
 def test_command_line_and_recipes_read_the_registry_without_importing_torch():
     code = ("import json, sys, posttrain.cli as cli, posttrain.train.rl.config as c; print(json.dumps({"
-            "'rl': sorted(set(cli.TRAINING_COMMANDS) - {'sft', 'dpo', 'kto', 'orpo', 'reward'}), "
+            "'rl': sorted(set(cli.TRAINING_COMMANDS) - {'sft', 'dpo', 'kto', 'orpo', 'reward', 'online-dpo', 'distill'}), "
             "'torch': 'torch' in sys.modules, "
             "'gspo_config': c.GSPOConfig.__module__}))")
     seen = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
