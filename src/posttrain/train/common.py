@@ -45,6 +45,23 @@ def load_policy(options: TrainingOptions):
     return model, tokenizer
 
 
+def launched_processes() -> int:
+    """How many training processes ``accelerate launch`` / ``torchrun`` started (1 when run plainly)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_prompts_split(prompts_per_step: int, world: int) -> None:
+    """``prompts_per_step`` counts prompts over all processes; each process takes an equal share
+    (the samples are seeded per global prompt, so the trajectory does not depend on ``world``)."""
+    from posttrain.train.engine import TrainingError
+
+    if prompts_per_step % world:
+        raise TrainingError(f"prompts_per_step={prompts_per_step} is the number per step over all {world} "
+                            f"processes: make it a multiple of {world}")
+
+
 def log(message: str, is_main: bool = True):
     if is_main:
         from rich import print as rprint

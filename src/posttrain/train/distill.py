@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from typing import Any, ClassVar
 
@@ -261,15 +260,12 @@ def micro_batches(batch: dict, size: int) -> list[dict]:
 
 def run_distill(config: DistillConfig, command: str = "posttrain distill") -> dict:
     from posttrain.models.layout import prompt_sharing
-    from posttrain.train.common import load_policy, log, prepare_run
+    from posttrain.train.common import check_prompts_split, launched_processes, load_policy, log, prepare_run
     from posttrain.train.engine import Engine, TrainingError
     from posttrain.train.rl.rollout import HFRollout
     from posttrain.train.rl.trainer import prompt_seed
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))   # set by accelerate launch / torchrun
-    if config.prompts_per_step % world:
-        raise TrainingError(f"prompts_per_step={config.prompts_per_step} is the number per step over all {world} "
-                            f"processes: make it a multiple of {world}")
+    check_prompts_split(config.prompts_per_step, launched_processes())
     # --- run folder (rows, λ and the teacher's tokenizer checked first), student, tokenizer, engine
     run_dir = prepare_run(config, command)
     student, tokenizer = load_policy(config)

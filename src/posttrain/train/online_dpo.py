@@ -159,7 +159,7 @@ def run_online_dpo(config: OnlineDPOConfig, command: str = "posttrain online-dpo
     from posttrain.losses.preference import loss_spec
     from posttrain.models import resolve_model_path
     from posttrain.models.layout import prompt_sharing
-    from posttrain.train.common import load_policy, log, prepare_run
+    from posttrain.train.common import check_prompts_split, launched_processes, load_policy, log, prepare_run
     from posttrain.train.dpo import dpo_step
     from posttrain.train.engine import Engine, TrainingError
     from posttrain.train.online_pairs import JudgeScorer, best_and_worst, pair_examples
@@ -168,10 +168,7 @@ def run_online_dpo(config: OnlineDPOConfig, command: str = "posttrain online-dpo
     from posttrain.train.rl.rollout import make_backend
     from posttrain.train.rl.trainer import heldout_on_processes, load_prompts, prompt_seed
 
-    world = engine_world()
-    if config.prompts_per_step % world:
-        raise TrainingError(f"prompts_per_step={config.prompts_per_step} is the number per step over all {world} "
-                            f"processes: make it a multiple of {world}")
+    check_prompts_split(config.prompts_per_step, launched_processes())
     # --- run folder (every input checked first), policy, tokenizer, engine
     run_dir = prepare_run(config, command)
     model, tokenizer = load_policy(config)
@@ -269,12 +266,6 @@ def run_online_dpo(config: OnlineDPOConfig, command: str = "posttrain online-dpo
              "beta": config.beta, "reference": config.reference if spec.needs_reference else "none (reference-free)",
              "num_generations": config.num_generations, "prompts": len(rows)}
     return save_and_report(engine, run_dir, "Online DPO", last, {}, (), extra)
-
-
-def engine_world() -> int:
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1"))   # set by accelerate launch / torchrun
 
 
 def pair_examples_of_any(rollout) -> list[dict]:

@@ -48,7 +48,6 @@ import dataclasses
 import json
 from collections import deque
 import math
-import os
 import time
 from pathlib import Path
 
@@ -61,7 +60,7 @@ from posttrain.losses.policy import aggregation_normalizer, explained_variance, 
     tis_weights, value_loss
 from posttrain.rewards.compose import build_reward
 from posttrain.rewards.judge import JudgeReward
-from posttrain.train.common import load_policy, log, prepare_run
+from posttrain.train.common import check_prompts_split, launched_processes, load_policy, log, prepare_run
 from accelerate.utils import gather_object
 from posttrain.train.engine import Engine, TrainingError
 from posttrain.models.layout import completion_token_logps, prompt_sharing
@@ -217,7 +216,7 @@ class RLState:
 def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = False):
     """Train ``config``. ``placement=ray``: the learner runs as a Ray actor (on this node, so the
     run folder is where the user looks) and samples through ``rollout_workers`` worker actors."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))   # set by accelerate launch / torchrun
+    world = launched_processes()
     if config.placement == "ray" and not on_ray:
         if world > 1:
             raise TrainingError("placement=ray runs one learner actor; for several learner processes use "
@@ -232,9 +231,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
         # num_cpus=0: the learner's CPU time is not Ray's to schedule; the workers hold the CPUs.
         return run_on_ray(run_rl, config, command, on_ray=True, num_cpus=0,
                           num_gpus=1 if torch.cuda.is_available() else 0)
-    if config.prompts_per_step % world:
-        raise TrainingError(f"prompts_per_step={config.prompts_per_step} is the number per step over all "
-                            f"{world} processes: make it a multiple of {world}")
+    check_prompts_split(config.prompts_per_step, world)
     # --- run folder, policy, tokenizer, engine (accelerate, optimizer, checkpoints, metrics)
     run_dir = prepare_run(config, command)
     policy, tokenizer = load_policy(config)
