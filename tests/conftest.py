@@ -115,6 +115,37 @@ def ray_cluster():
 
 
 @pytest.fixture
+def crash_engine(monkeypatch):
+    """``with crash_engine("accumulate_gradients", 3): run()``: ``run()`` dies of a simulated
+    KeyboardInterrupt on that ``Engine`` method's 3rd call (the block fails if it does not), and the
+    method is restored afterwards: the crash half of every "a resumed run continues the same
+    trajectory" test."""
+    from contextlib import contextmanager
+
+    from posttrain.train import engine as engine_mod
+
+    @contextmanager
+    def crash(method: str, on_call: int):
+        original = getattr(engine_mod.Engine, method)
+        calls = {"n": 0}
+
+        def crashing(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == on_call:
+                raise KeyboardInterrupt("simulated crash")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(engine_mod.Engine, method, crashing)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                yield
+        finally:
+            monkeypatch.setattr(engine_mod.Engine, method, original)
+
+    return crash
+
+
+@pytest.fixture
 def isolated_posttrain_home(tmp_path, monkeypatch):
     """A fresh POSTTRAIN_HOME under tmp_path (caches start empty) that still sees the embedded
     models already converted under the real one (no second conversion)."""

@@ -245,26 +245,13 @@ def test_dataset_steps_train_on_the_rows_own_completions(tiny_model_dir, tiny_te
     assert 0 < sum(r["on_policy"] for r in _records(tmp_path / "mixed")) < 6
 
 
-def test_resumed_run_continues_the_same_trajectory(tiny_model_dir, tiny_teacher_dir, tmp_path, monkeypatch):
+def test_resumed_run_continues_the_same_trajectory(tiny_model_dir, tiny_teacher_dir, tmp_path, crash_engine):
     """Stop a run during step 3 (checkpoint at step 2), resume it: the same 4 losses as a run that
     was never stopped (the samples are seeded by step and prompt, λ's draws by step)."""
     extra = ("max_steps=4", "lmbda=0.5")
     _train(tiny_model_dir, tiny_teacher_dir, tmp_path / "full", *extra)
-    from posttrain.train import engine as engine_mod
-
-    original = engine_mod.Engine.update
-    calls = {"n": 0}
-
-    def crash_on_third(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(engine_mod.Engine, "update", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_engine("update", 3):
         _train(tiny_model_dir, tiny_teacher_dir, tmp_path / "resumed", *extra, "save_steps=2")
-    monkeypatch.setattr(engine_mod.Engine, "update", original)
     _train(tiny_model_dir, tiny_teacher_dir, tmp_path / "resumed", *extra, "save_steps=2")
     full, resumed = _records(tmp_path / "full"), _records(tmp_path / "resumed")
     assert len(resumed) == 4 and [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full], rel=1e-6)

@@ -46,26 +46,13 @@ def _losses(run_dir, key="loss"):
             if key in r]
 
 
-def test_resumed_run_continues_the_same_trajectory(tiny_model_dir, tmp_path, monkeypatch):
+def test_resumed_run_continues_the_same_trajectory(tiny_model_dir, tmp_path, crash_engine):
     _sft(tiny_model_dir, tmp_path / "full", "max_steps=6")
     full = _losses(tmp_path / "full")
 
     # Interrupt a second run after step 4 (checkpoint at step 3), then resume it.
-    from posttrain.train import engine as engine_mod
-
-    original = engine_mod.Engine.accumulate_gradients
-    calls = {"n": 0}
-
-    def crash_on_fifth(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(engine_mod.Engine, "accumulate_gradients", crash_on_fifth)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_engine("accumulate_gradients", 5):
         _sft(tiny_model_dir, tmp_path / "resumed", "max_steps=6", "save_steps=3")
-    monkeypatch.setattr(engine_mod.Engine, "accumulate_gradients", original)
     assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["step-000003"]
     _sft(tiny_model_dir, tmp_path / "resumed", "max_steps=6", "save_steps=3")
     resumed = _losses(tmp_path / "resumed")

@@ -215,25 +215,12 @@ def test_command_trains_the_tiny_model(command, tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("command", list(RUNNERS))
-def test_resumed_run_continues_the_same_trajectory(command, tiny_model_dir, tmp_path, monkeypatch):
+def test_resumed_run_continues_the_same_trajectory(command, tiny_model_dir, tmp_path, crash_engine):
     """Stop a run during step 3 (checkpoint at step 2), resume it: the same 4 losses as a run
     that was never stopped. KTO's steps include the prepare pass (z_ref) before each update."""
     _train(command, tiny_model_dir, tmp_path / "full", "max_steps=4")
-    from posttrain.train import engine as engine_mod
-
-    original = engine_mod.Engine.accumulate_gradients
-    calls = {"n": 0}
-
-    def crash_on_third(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(engine_mod.Engine, "accumulate_gradients", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_engine("accumulate_gradients", 3):
         _train(command, tiny_model_dir, tmp_path / "resumed", "max_steps=4", "save_steps=2")
-    monkeypatch.setattr(engine_mod.Engine, "accumulate_gradients", original)
     _train(command, tiny_model_dir, tmp_path / "resumed", "max_steps=4", "save_steps=2")
     full, resumed = _losses(tmp_path / "full"), _losses(tmp_path / "resumed")
     assert len(resumed) == 4 and resumed == pytest.approx(full, rel=1e-6)

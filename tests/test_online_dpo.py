@@ -155,24 +155,11 @@ def test_command_trains_the_tiny_model_on_judged_pairs(tiny_model_dir, tmp_path)
     assert (tmp_path / "run" / "report.md").exists()
 
 
-def test_resumed_run_continues_the_same_trajectory(tiny_model_dir, tmp_path, monkeypatch):
+def test_resumed_run_continues_the_same_trajectory(tiny_model_dir, tmp_path, crash_engine):
     """Stop a run during step 3 (checkpoint at step 2), resume: the same 4 losses and pairs."""
     _train(tiny_model_dir, tmp_path / "full", "max_steps=4")
-    from posttrain.train import engine as engine_mod
-
-    original = engine_mod.Engine.accumulate_gradients
-    calls = {"n": 0}
-
-    def crash_on_third(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(engine_mod.Engine, "accumulate_gradients", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_engine("accumulate_gradients", 3):
         _train(tiny_model_dir, tmp_path / "resumed", "max_steps=4", "save_steps=2")
-    monkeypatch.setattr(engine_mod.Engine, "accumulate_gradients", original)
     _train(tiny_model_dir, tmp_path / "resumed", "max_steps=4", "save_steps=2")
     full, resumed = _records(tmp_path / "full"), _records(tmp_path / "resumed")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
