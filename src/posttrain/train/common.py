@@ -62,6 +62,18 @@ def check_prompts_split(prompts_per_step: int, world: int) -> None:
                             f"processes: make it a multiple of {world}")
 
 
+def prompt_steps(options, prompts: int) -> int:
+    """Optimizer steps of a run that takes ``prompts_per_step`` prompts a step (RL, online DPO,
+    distillation): ``max_steps``, else ``num_epochs`` passes over the ``prompts``; refused when
+    there are fewer prompts than one step needs."""
+    from posttrain.train.engine import TrainingError
+
+    if prompts < options.prompts_per_step:
+        raise TrainingError(f"{prompts} prompts for a step of prompts_per_step={options.prompts_per_step}")
+    return options.max_steps if options.max_steps > 0 else max(1, int(prompts / options.prompts_per_step
+                                                                      * options.num_epochs))
+
+
 def log(message: str, is_main: bool = True):
     if is_main:
         from rich import print as rprint

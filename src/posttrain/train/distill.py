@@ -260,8 +260,9 @@ def micro_batches(batch: dict, size: int) -> list[dict]:
 
 def run_distill(config: DistillConfig, command: str = "posttrain distill") -> dict:
     from posttrain.models.layout import prompt_sharing
-    from posttrain.train.common import check_prompts_split, launched_processes, load_policy, log, prepare_run
-    from posttrain.train.engine import Engine, TrainingError
+    from posttrain.train.common import (check_prompts_split, launched_processes, load_policy, log, prepare_run,
+                                        prompt_steps)
+    from posttrain.train.engine import Engine
     from posttrain.train.rl.rollout import HFRollout
     from posttrain.train.rl.trainer import prompt_seed
 
@@ -276,8 +277,7 @@ def run_distill(config: DistillConfig, command: str = "posttrain distill") -> di
     # --- data: tokenised prompts (and completions)
     rows = load_distill_rows(config.data, tokenizer, config.max_prompt_length, config.max_new_tokens, config.seed,
                              "data")
-    if len(rows) < config.prompts_per_step:
-        raise TrainingError(f"{len(rows)} prompts for a step of prompts_per_step={config.prompts_per_step}")
+    total = prompt_steps(config, len(rows))
     eval_rows = load_distill_rows(config.eval_data, tokenizer, config.max_prompt_length, config.max_new_tokens,
                                   config.seed, "eval_data") if config.eval_data else []
     log(f"[bold]distill[/] {config.divergence}{f' β={config.beta}' if config.divergence == 'jsd' else ''} from "
@@ -285,8 +285,6 @@ def run_distill(config: DistillConfig, command: str = "posttrain distill") -> di
         f"held-out, {engine.world} process(es)", main)
 
     # --- models: optimizer over the student (LoRA applied), then the frozen teacher
-    total = config.max_steps if config.max_steps > 0 else max(1, int(len(rows) / config.prompts_per_step
-                                                                        * config.num_epochs))
     engine.setup(total)
     teacher = load_teacher(config, engine.device)
     vocab = shared_vocab_size(engine.unwrapped(), teacher, tokenizer)

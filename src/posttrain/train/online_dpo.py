@@ -159,9 +159,10 @@ def run_online_dpo(config: OnlineDPOConfig, command: str = "posttrain online-dpo
     from posttrain.losses.preference import loss_spec
     from posttrain.models import resolve_model_path
     from posttrain.models.layout import prompt_sharing
-    from posttrain.train.common import check_prompts_split, launched_processes, load_policy, log, prepare_run
+    from posttrain.train.common import (check_prompts_split, launched_processes, load_policy, log, prepare_run,
+                                        prompt_steps)
     from posttrain.train.dpo import dpo_step
-    from posttrain.train.engine import Engine, TrainingError
+    from posttrain.train.engine import Engine
     from posttrain.train.online_pairs import JudgeScorer, best_and_worst, pair_examples
     from posttrain.train.preference import save_and_report
     from posttrain.train.reference import frozen_copy_reference, lora_base_reference
@@ -179,8 +180,7 @@ def run_online_dpo(config: OnlineDPOConfig, command: str = "posttrain online-dpo
     reward_spec = config.judge_reward()
     needs_answer = "verifier" in reward_spec[0]
     rows = load_prompts(config.data, tokenizer, config.max_prompt_length, config.seed, "data", needs_answer)
-    if len(rows) < config.prompts_per_step:
-        raise TrainingError(f"{len(rows)} prompts for a step of prompts_per_step={config.prompts_per_step}")
+    total = prompt_steps(config, len(rows))
     eval_rows = load_prompts(config.eval_data, tokenizer, config.max_prompt_length, config.seed, "eval_data") \
         if config.eval_data else []
     eval_rows = eval_rows[:config.eval_size] if config.eval_size > 0 else eval_rows
@@ -194,8 +194,6 @@ def run_online_dpo(config: OnlineDPOConfig, command: str = "posttrain online-dpo
     if spec.needs_reference:
         reference = frozen_copy_reference(model, engine.device, config.chunked_loss) if config.reference == "copy" \
             else functools.partial(lora_base_reference, chunked=config.chunked_loss)
-    total = config.max_steps if config.max_steps > 0 else max(1, int(len(rows) / config.prompts_per_step
-                                                                        * config.num_epochs))
     engine.setup(total)
     share = prompt_sharing(config.share_prompts, engine.world)
     backend = make_backend(config.rollout_backend, engine.unwrapped(), tokenizer,

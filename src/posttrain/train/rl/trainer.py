@@ -60,7 +60,8 @@ from posttrain.losses.policy import aggregation_normalizer, explained_variance, 
     tis_weights, value_loss
 from posttrain.rewards.compose import build_reward
 from posttrain.rewards.judge import JudgeReward
-from posttrain.train.common import check_prompts_split, launched_processes, load_policy, log, prepare_run
+from posttrain.train.common import (check_prompts_split, launched_processes, load_policy, log, prepare_run,
+                                    prompt_steps)
 from accelerate.utils import gather_object
 from posttrain.train.engine import Engine, TrainingError
 from posttrain.models.layout import completion_token_logps, prompt_sharing
@@ -244,8 +245,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
     # --- data: RLVR rows with tokenised prompts; held-out rows for greedy accuracy
     needs_answer = any("verifier" in entry for entry in config.reward)   # else bare prompts will do
     rows = load_prompts(config.data, tokenizer, config.max_prompt_length, config.seed, "data", needs_answer)
-    if len(rows) < config.prompts_per_step:
-        raise TrainingError(f"{len(rows)} prompts for a step of prompts_per_step={config.prompts_per_step}")
+    total = prompt_steps(config, len(rows))
     eval_rows = load_prompts(config.eval_data, tokenizer, config.max_prompt_length, config.seed, "eval_data") \
         if config.eval_data else []
     if config.eval_size > 0:
@@ -256,8 +256,6 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
 
     # --- models. The optimizers need the final trainable parameters (LoRA applied); the
     # reference and masking copies are taken before training changes anything.
-    total = config.max_steps if config.max_steps > 0 else max(1, int(len(rows) / config.prompts_per_step
-                                                                        * config.num_epochs))
     extra = {}
     if spec.value_model:
         from posttrain.train.rl.algorithms.ppo import ValueModel
