@@ -103,6 +103,7 @@ def test_ai_feedback_end_to_end_and_dpo_loads_the_rows(tiny_model_dir, judge_ser
     ("bad_json", "prompts.jsonl, line 3: not valid JSON"),
     ("no_file", "data file {tmp}/none.jsonl does not exist"),
     ("bad_judge", "unknown judge 'gpt-4'"),
+    ("verifier_no_column", "prompts.jsonl, line 1, field 'verifier': missing"),
     ("one_model", "at least two models"),
     ("no_model", "model path './no/such/model' does not exist"),
     ("expected_http", "implemented for local judges only"),
@@ -124,7 +125,7 @@ def test_ai_feedback_input_errors_before_any_model_loads(case, message, tmp_path
     prompts.write_text("\n".join(lines) + "\n")
     source = str(tmp_path / "none.jsonl") if case == "no_file" else str(prompts)
     model_list = {"one_model": ["x-model"], "no_model": ["./no/such/model", "./no/such/model"]}.get(case, ["a", "b"])
-    judge = "gpt-4" if case == "bad_judge" else "http://127.0.0.1:9/v1@m"
+    judge = {"bad_judge": "gpt-4", "verifier_no_column": "verifier"}.get(case, "http://127.0.0.1:9/v1@m")
     rc = cli_main(["data", "ai-feedback", "--prompts", source, "--models", *model_list, "--judge", judge,
                    "--out", str(tmp_path / "pairs.jsonl"), "--no-progress",
                    *(["--judge-score-mode", "expected"] if case == "expected_http" else [])])
@@ -132,3 +133,48 @@ def test_ai_feedback_input_errors_before_any_model_loads(case, message, tmp_path
     assert rc == 2 and err[-1].startswith("posttrain data: error:"), err
     assert message.replace("{tmp}", str(tmp_path)) in err[-1], err
     assert not (tmp_path / "pairs.jsonl").exists()
+
+
+def test_ai_feedback_with_a_verifier_or_a_reward_model_as_judge(tiny_model_dir, tiny_rm_dir, tmp_path, capsys):
+    """The judge can be any rater: a verifier scores against each prompt row's ground truth (here an
+    IFEval word-count constraint that some of the tiny model's samples meet and some miss), a
+    reward model scores prompt + response; the rows' ratings are those scores."""
+    from posttrain.rewards import get_verifier
+    from posttrain.rewards.reward_model import RewardModelScorer
+
+    truth = {"instruction_id_list": ["length_constraints:number_words"],
+             "kwargs": [{"num_words": 5, "relation": "at least"}]}
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p, "ground_truth": truth, "verifier": "ifeval"}) + "\n"
+                               for p in PROMPTS[:6]))
+
+    def run(judge, out):
+        return cli_main(["data", "ai-feedback", "--prompts", str(prompts), "--models", tiny_model_dir, tiny_model_dir,
+                         tiny_model_dir, "--temperatures", "1.0", "--judge", judge, "--out", str(out),
+                         "--max-new-tokens", "8", "--batch-size", "6", "--seed", "3", "--no-progress"])
+
+    assert run("verifier", tmp_path / "verified.jsonl") == 0
+    rows = [json.loads(line) for line in (tmp_path / "verified.jsonl").read_text().splitlines()]
+    verify = get_verifier("ifeval")
+    assert rows, capsys.readouterr().out
+    for row in rows:
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        assert row["ratings"][row["chosen_model"]] == verify(chosen, truth).score == 1.0
+        assert row["ratings"][row["rejected_model"]] == verify(rejected, truth).score == 0.0
+        assert row["judge"] == "verifier"
+
+    assert run(tiny_rm_dir, tmp_path / "rm.jsonl") == 0
+    rows = [json.loads(line) for line in (tmp_path / "rm.jsonl").read_text().splitlines()]
+    assert len(rows) == 6   # a reward model's real-valued scores never tie
+    scorer = RewardModelScorer(tiny_rm_dir)
+    for row in rows:
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        expected = scorer.score([row["prompt"], row["prompt"]], [chosen, rejected])
+        assert row["ratings"][row["chosen_model"]] == pytest.approx(float(expected[0]), abs=1e-5)
+        assert row["ratings"][row["rejected_model"]] == pytest.approx(float(expected[1]), abs=1e-5)
+        assert max(row["ratings"].values()) == row["ratings"][row["chosen_model"]]
+
+    # a prompt row without the ground truth a verifier needs: refused before any model loads
+    prompts.write_text(json.dumps({"prompt": "hi", "verifier": "ifeval"}) + "\n" + prompts.read_text())
+    assert run("verifier", tmp_path / "bad.jsonl") == 2
+    assert "prompts.jsonl, line 1, field 'ground_truth': missing" in capsys.readouterr().err

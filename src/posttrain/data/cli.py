@@ -110,22 +110,28 @@ Example:
       --judge http://localhost:8000/v1@Qwen/Qwen2.5-7B-Instruct --out pairs.jsonl
   posttrain dpo data=pairs.jsonl model=runs/sft/model out=runs/dpo
 
-Judge specs: local:MODEL (a local causal LM) or URL@MODEL (an OpenAI-compatible server such as
-vllm serve; key from $OPENAI_API_KEY or --api-key-env). HTTP replies are cached on disk.
+  posttrain data ai-feedback --prompts builtin:arithmetic_rlvr --models runs/sft/model runs/sft/model \
+      --temperatures 0.7 1.0 --judge verifier --out pairs.jsonl
+
+Judges: local:MODEL (a local causal LM) or URL@MODEL (an OpenAI-compatible server such as vllm
+serve; key from $OPENAI_API_KEY or --api-key-env; replies cached on disk) rate with a rubric;
+verifier / verifier:NAME score against each prompt row's ground_truth (its verifier column names
+the verifier); any other spec is a reward model.
 """
 
 
 def _add_ai_feedback(sub) -> None:
     from posttrain.judges import feedback
 
-    q = sub.add_parser("ai-feedback", help="preference pairs: several models answer, an LM judge rates (UltraFeedback)",
+    q = sub.add_parser("ai-feedback", help="preference pairs: several models answer, a judge rates (UltraFeedback)",
                        description=feedback.__doc__.replace("``", ""), epilog=AI_FEEDBACK_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--prompts", required=True,
                    help="jsonl/json/parquet (or builtin:NAME) with 'prompt' (string or messages) or 'messages'")
     q.add_argument("--models", nargs="+", required=True,
                    help="model specs that answer (two or more; the same spec twice samples it twice)")
-    q.add_argument("--judge", required=True, help="local:MODEL or http://HOST:PORT/v1@MODEL")
+    q.add_argument("--judge", required=True,
+                   help="local:MODEL, http://HOST:PORT/v1@MODEL, verifier[:NAME] or a reward-model folder")
     q.add_argument("--out", required=True, help="output .jsonl of preference rows")
     q.add_argument("--temperatures", type=float, nargs="+", default=None,
                    help="sampling temperature, one for all models or one per model (default 0.8; 0 = greedy)")

@@ -191,47 +191,15 @@ def _prompt_and_response(row: dict, where: str) -> tuple[list[dict], str]:
                     f"turn, or 'prompt' with 'completion' (or 'response'). Columns present: {', '.join(row)}")
 
 
-def _rater(spec: str, rows: list[dict], source: str):
-    """``rate(prompts, responses, rows) -> list[float]`` for ``spec``, checked on every row first."""
-    if spec == "verifier" or spec.startswith("verifier:"):
-        from posttrain.rewards import get_verifier
-
-        fixed = spec.partition(":")[2] or None
-        names = []
-        for i, row in enumerate(rows):
-            where = row_location(row, source, i)
-            name = fixed or row.get("verifier") or row.get("dataset")
-            if not name:
-                raise DataError(f"{where}, field 'verifier': missing; name the verifier per row or write "
-                                f"rate_with=verifier:NAME")
-            if "ground_truth" not in row:
-                raise DataError(f"{where}, field 'ground_truth': missing; a verifier rates a response against it")
-            try:
-                get_verifier(name).check_ground_truth(row["ground_truth"])
-            except (KeyError, ValueError) as e:
-                raise DataError(f"{where}, field 'ground_truth': {e}") from None
-            names.append(name)
-        return lambda prompts, responses: [get_verifier(n)(r, row["ground_truth"]).score
-                                           for n, r, row in zip(names, responses, rows)]
-    from posttrain.judges.spec import is_judge_spec
-
-    if is_judge_spec(spec):
-        from posttrain.judges.spec import load_judge
-
-        judge = load_judge(spec)
-        return lambda prompts, responses: [s.score for s in judge.score_many(prompts, responses)]
-    from posttrain.rewards.reward_model import RewardModelScorer
-
-    return lambda prompts, responses: RewardModelScorer(spec).score(prompts, responses)
-
-
 def rating_scores(pool: list[dict], rate_with: str, source: str = "pool") -> list[float]:
     """One score per pool row from the judge ``rate_with`` (NaN: the judge gave none)."""
     if not pool:
         raise DataError(f"{source}: no rows")
     pairs = [_prompt_and_response(r, row_location(r, source, i)) for i, r in enumerate(pool)]
-    rate = _rater(rate_with, pool, source)
-    return [float(s) for s in rate([p for p, _ in pairs], [r for _, r in pairs])]
+    from posttrain.judges.rate import build_rater
+
+    rate = build_rater(rate_with, pool, source)
+    return [float(s.score) for s in rate(list(range(len(pool))), [p for p, _ in pairs], [r for _, r in pairs])]
 
 
 def rating_selection(scores: list[float], keep) -> list[dict]:

@@ -1,8 +1,13 @@
-"""AI feedback: preference pairs from several models' completions rated by an LM judge
+"""AI feedback: preference pairs from several models' completions rated by a judge
 (the UltraFeedback recipe that Zephyr trained on; ``posttrain data ai-feedback``).
 
+The judge is any rater spec (:mod:`posttrain.judges.rate`): an LM judge (``local:MODEL``,
+``URL@MODEL``) as in UltraFeedback, a reward model, or ``verifier`` / ``verifier:NAME`` for prompt
+rows that carry a ``ground_truth`` (pairs of a verified and a rejected answer).
+
 For each prompt, every policy (a model spec at a sampling temperature) writes one completion,
-seeded; the judge rates each completion on its own (rubric score, 1-10); the best-rated completion
+seeded; the judge rates each completion on its own (an LM judge's rubric score, 1-10, or a
+verifier's or reward model's score); the best-rated completion
 becomes ``chosen`` and one of the strictly worse ones, drawn at random (seeded per prompt),
 ``rejected``. Prompts whose top rating is shared (a tie), or with fewer than two rated completions
 (the judge's reply unreadable, or the completion empty), give no row and are counted; so do the
@@ -28,7 +33,7 @@ from pathlib import Path
 from posttrain.config import ConfigError
 from posttrain.data.formats import DataError, validate_preference_row, validate_rl_prompt_row
 
-__all__ = ["Policy", "read_prompts", "make_policies", "pick_pair", "ai_feedback"]
+__all__ = ["Policy", "read_prompt_rows", "make_policies", "pick_pair", "ai_feedback"]
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,10 @@ class Policy:
     seed: int
 
 
-def read_prompts(source: str) -> list[list[dict]]:
-    """The prompt messages of every row (``prompt`` as a string or messages, or ``messages``
-    without a trailing assistant turn); a bad row is a :class:`DataError` naming file, line, field."""
+def read_prompt_rows(source: str) -> tuple[list[dict], list[list[dict]]]:
+    """The rows and the prompt messages of every row (``prompt`` as a string or messages, or
+    ``messages`` without a trailing assistant turn); a bad row is a :class:`DataError` naming file,
+    line, field."""
     from posttrain.data.sources import load_source
 
     rows = load_source(source)
@@ -57,7 +63,7 @@ def read_prompts(source: str) -> list[list[dict]]:
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected an object with a 'prompt' or 'messages' field")
         prompts.append(validate_rl_prompt_row(row, where, None)["messages"])
-    return prompts
+    return rows, prompts
 
 
 def make_policies(models: list[str], temperatures: list[float] | None, seed: int) -> list[Policy]:
@@ -122,17 +128,30 @@ def ai_feedback(prompts_source: str, models: list[str], judge_spec: str, out: st
                 top_p: float = 0.95, batch_size: int = 8, judge_options: dict | None = None, judge=None,
                 progress: bool = True) -> dict:
     """Write preference rows to ``out`` (jsonl) and return counts and timings (module docstring).
-    Every input is checked before a model loads. ``judge``: an already built judge to use instead of
-    loading the one ``judge_spec`` names (which still labels the rows)."""
+    Every input is checked before a model loads. ``judge``: an already built LM judge to use instead
+    of loading the one ``judge_spec`` names (which still labels the rows)."""
     from rich.progress import Progress
 
-    from posttrain.judges.spec import check_judge, load_judge
+    from posttrain.judges.rate import build_rater, is_verifier_spec
+    from posttrain.judges.spec import check_judge, is_judge_spec
     from posttrain.models.loading import resolve_model_path
 
-    prompts = read_prompts(prompts_source)
+    rows_in, prompts = read_prompt_rows(prompts_source)
     policies = make_policies(models, temperatures, seed)
-    kind, parts = check_judge(judge_spec, (judge_options or {}).get("score_mode", "generate"))
-    for spec in {p.model for p in policies} | ({parts["model"]} if kind == "local" else set()):
+    judge_options = dict(judge_options or {})
+    rate, kind, judge_models = None, "other", set()
+    if is_verifier_spec(judge_spec):   # checks every row's verifier and ground truth now; loads nothing
+        rate = build_rater(judge_spec, rows_in, prompts_source)
+        kind = "verifier"
+    elif is_judge_spec(judge_spec):
+        kind, parts = check_judge(judge_spec, judge_options.get("score_mode", "generate"))
+        judge_models = {parts["model"]} if kind == "local" else set()
+    elif str(resolve_model_path(judge_spec)) == judge_spec and "/" not in judge_spec:
+        raise ConfigError(f"unknown judge {judge_spec!r}; write local:MODEL or URL@MODEL (an LM judge), verifier or "
+                          f"verifier:NAME, or a reward-model folder or hub id")
+    else:
+        judge_models = {judge_spec}   # a reward model
+    for spec in {p.model for p in policies} | judge_models:
         resolve_model_path(spec)   # a missing local model fails here, before anything loads
     out = Path(out)
     if out.is_dir():
@@ -147,10 +166,11 @@ def ai_feedback(prompts_source: str, models: list[str], judge_spec: str, out: st
         completions = _sample(policies, prompts, loaded, max_new_tokens=max_new_tokens, top_p=top_p,
                               batch_size=batch_size, progress=bar)
         stats["seconds_sampling"] = round(time.perf_counter() - t0, 1)
-        if kind == "local":   # keep only the weights the judge reuses
-            loaded = {k: v for k, v in loaded.items() if k == parts["model"]}
-        judge = judge or load_judge(judge_spec, loaded_models=loaded, batch_size=batch_size,
-                                    **(judge_options or {}))
+        loaded = {k: v for k, v in loaded.items() if k in judge_models}   # only the weights a local judge reuses
+        if rate is None:   # the LM judge's options mean nothing to a reward model
+            options = {"batch_size": batch_size, **judge_options} if kind != "other" else None
+            rate = build_rater(judge_spec, rows_in, prompts_source, loaded_models=loaded, judge=judge,
+                               judge_options=options)
         t0 = time.perf_counter()
         jobs = [(i, p.label) for i in range(len(prompts)) for p in policies if completions[p.label][i].strip()]
         scores: dict[tuple[int, str], float] = {}
@@ -158,7 +178,8 @@ def ai_feedback(prompts_source: str, models: list[str], judge_spec: str, out: st
         task = bar.add_task("judging", total=len(jobs))
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
-            judged = judge.score_many([prompts[i] for i, _ in chunk], [completions[label][i] for i, label in chunk])
+            judged = rate([i for i, _ in chunk], [prompts[i] for i, _ in chunk],
+                          [completions[label][i] for i, label in chunk])
             for job, result in zip(chunk, judged):
                 scores[job] = result.score
                 if not result.ok:
