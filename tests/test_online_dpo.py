@@ -135,8 +135,16 @@ def _records(run_dir):
 
 def test_command_trains_the_tiny_model_on_judged_pairs(tiny_model_dir, tmp_path):
     last = _train(tiny_model_dir, tmp_path / "run", "max_steps=3", "num_generations=3",
-                  "eval_data=[{source: 'builtin:arithmetic_rlvr:test', n: 2}]")
+                  "eval_data=[{source: 'builtin:arithmetic_rlvr:test', n: 2}]",
+                  "preference_eval_data=[{source: 'builtin:arithmetic_preference:test', n: 3}]")
     train = [r for r in _records(tmp_path / "run") if "pairs" in r]
+    # held-out preference pairs: at step 0 π = π_ref, so every implicit reward is 0 (accuracy 0,
+    # loss log 2); after three updates the margins have moved
+    evals = [r for r in _records(tmp_path / "run") if "eval_preference/accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 3]
+    assert evals[0]["eval_preference/accuracy"] == 0.0 and evals[0]["eval_preference/margin"] == 0.0
+    assert evals[0]["eval_preference/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert evals[1]["eval_preference/margin"] != 0.0 and "eval_accuracy" in evals[1]
     assert [r["step"] for r in train] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in train)
     for r in train:   # every prompt is a pair or a counted drop
         assert r["pairs"] + r["dropped_ties"] + r["dropped_unrated"] + r["dropped_identical"] == 4

@@ -64,6 +64,9 @@ class OnlineDPOConfig(DPOLossOptions, TrainingOptions):
                                "greedy accuracy with their verifiers every eval_steps and at the end ([] = none)",
                                "Data")
     eval_size: int = opt(64, "held-out rows to evaluate (0 = all)", "Data")
+    preference_eval_data: list[Any] = opt([], "held-out preference rows (prompt, chosen, rejected): the implicit "
+                                          "reward's preference accuracy and margin, as posttrain dpo's eval_data, "
+                                          "at the start, every eval_steps and at the end ([] = none)", "Data")
     max_prompt_length: int = opt(512, "prompts longer than this (tokens) are dropped", "Data")
     # Judge
     judge: str = opt("verifier:auto", f"what ranks the samples: {JUDGES}", "Judge")
@@ -184,6 +187,7 @@ def run_online_dpo(config: OnlineDPOConfig, command: str = "posttrain online-dpo
     eval_rows = load_prompts(config.eval_data, tokenizer, config.max_prompt_length, config.seed, "eval_data") \
         if config.eval_data else []
     eval_rows = eval_rows[:config.eval_size] if config.eval_size > 0 else eval_rows
+    preference_pairs = heldout_pairs(config, tokenizer, engine) if config.preference_eval_data else None
     scorer = JudgeScorer(reward_spec, config.pairwise)   # the judge loads once, here
     log(f"[bold]online-dpo[/] {config.loss_type} β={config.beta}: {len(rows)} prompts, {len(eval_rows)} held-out, "
         f"{engine.world} process(es); judge {config.judge} ({'pairwise' if config.pairwise else 'scores'})", main)
@@ -253,10 +257,18 @@ def run_online_dpo(config: OnlineDPOConfig, command: str = "posttrain online-dpo
         def load_state_dict(self, _blob):
             backend.update_weights(engine.unwrapped())
 
-    heldout = (lambda _m: heldout_on_processes(engine, backend, eval_rows, config.max_new_tokens, run_dir)) \
-        if eval_rows else None
+    def heldout(model_) -> dict:   # verifier accuracy of greedy answers; implicit-reward preference accuracy
+        record = heldout_on_processes(engine, backend, eval_rows, config.max_new_tokens, run_dir) if eval_rows else {}
+        if preference_pairs is not None:   # every process scores all pairs: the same values everywhere
+            from posttrain.train.preference import evaluate_step
+
+            scored = evaluate_step(model_, preference_pairs, step, config.batch_size)
+            record.update({f"preference/{k}": v for k, v in scored.items()})
+        return record
+
     try:
-        last = engine.loop(total, online_step, heldout, "online-dpo", extra_state=SyncOnResume(), eval_at_start=True)
+        last = engine.loop(total, online_step, heldout if eval_rows or preference_pairs is not None else None,
+                           "online-dpo", extra_state=SyncOnResume(), eval_at_start=True)
     finally:
         if hasattr(backend, "close"):
             backend.close()
@@ -264,6 +276,22 @@ def run_online_dpo(config: OnlineDPOConfig, command: str = "posttrain online-dpo
              "beta": config.beta, "reference": config.reference if spec.needs_reference else "none (reference-free)",
              "num_generations": config.num_generations, "prompts": len(rows)}
     return save_and_report(engine, run_dir, "Online DPO", last, {}, (), extra)
+
+
+def heldout_pairs(config: OnlineDPOConfig, tokenizer, engine):
+    """The batches of ``preference_eval_data`` (validated, tokenised as ``posttrain dpo`` does; a
+    prompt longer than ``max_prompt_length`` is cut from the left, a pair to the prompt plus
+    ``max_new_tokens``)."""
+    from posttrain.data import mix_sources
+    from posttrain.data.preference import PairBatches, tokenize_pairs
+    from posttrain.models.layout import prompt_sharing
+    from posttrain.train.common import log
+
+    pairs, stats = tokenize_pairs(mix_sources(config.preference_eval_data, seed=config.seed), tokenizer,
+                                  config.max_prompt_length + config.max_new_tokens, config.max_prompt_length,
+                                  "preference_eval_data", False)
+    log(f"[bold]online-dpo[/] held-out pairs: {stats.summary()}", engine.is_main)
+    return PairBatches(pairs, tokenizer.pad_token_id, share_prompts=prompt_sharing(config.share_prompts, engine.world))
 
 
 def pair_examples_of_any(rollout) -> list[dict]:
