@@ -201,3 +201,16 @@ def test_killed_recipe_reruns_without_redoing_finished_stages(tmp_path, tiny_mod
     want, got = (load_file(str(d / "rlvr" / "model" / "model.safetensors")) for d in (straight, killed))
     for name in want:  # the stages that re-ran from the killed point retrain to the same weights
         assert torch.allclose(got[name], want[name], atol=1e-6), name
+
+
+def test_heldout_start_and_end_of_a_stage():
+    from posttrain.reports.recipe import heldout_start_end
+
+    records = [{"step": 0, "eval_preference/accuracy": 0.0, "eval_accuracy": 0.5},
+               {"step": 1, "loss": 0.7}, {"step": 2, "eval_preference/accuracy": 0.75, "eval_accuracy": 0.625}]
+    assert heldout_start_end(records, "online-dpo") == [("preference accuracy (implicit reward)", 0.0, 0.75),
+                                                        ("verifier accuracy (greedy)", 0.5, 0.625)]
+    # posttrain dpo: its start on the last record as start_eval_*; one evaluation alone is no change
+    assert heldout_start_end([{"step": 4, "eval_accuracy": 0.9, "start_eval_accuracy": 0.4}], "dpo") == \
+        [("preference accuracy (implicit reward)", 0.4, 0.9)]
+    assert heldout_start_end([{"step": 4, "eval_accuracy": 0.9}], "rl") == []

@@ -14,6 +14,8 @@ from posttrain.train.rl.algorithms import ALGORITHMS
 STAGE_CURVES = {
     "sft": [("loss", "training loss"), ("token_nll", "per-token NLL")],
     "dpo": [("loss", "DPO loss"), ("margin", "reward margin"), ("accuracy", "preference accuracy")],
+    "online-dpo": [("loss", "DPO loss"), ("margin", "reward margin"), ("pair_share", "prompts giving a pair"),
+                   ("eval_preference/logps_accuracy", "held-out pairs: chosen more likely")],
     "rl": [("reward_mean", "reward"), ("kl", "KL to reference"), ("response_length", "response length"),
            ("truncated_share", "truncated share")],
 }
@@ -111,6 +113,29 @@ def plot_eval_bars(evals: dict[str, dict], out_png: Path) -> bool:
     return True
 
 
+# Held-out values a stage's own run logs (metrics.jsonl), shown at its start and its end, by command.
+_VERIFIED = ("eval_accuracy", "verifier accuracy (greedy)")
+HELDOUT = {
+    "dpo": [("eval_accuracy", "preference accuracy (implicit reward)"),
+            ("eval_logps_accuracy", "preference accuracy (chosen more likely)"), ("eval_margin", "reward margin")],
+    "online-dpo": [("eval_preference/accuracy", "preference accuracy (implicit reward)"),
+                   ("eval_preference/logps_accuracy", "preference accuracy (chosen more likely)"),
+                   ("eval_preference/margin", "reward margin"), _VERIFIED],
+    "rl": [_VERIFIED],
+}
+
+
+def heldout_start_end(records: list[dict], kind: str) -> list[tuple[str, float, float]]:
+    """(label, value at the first evaluation, value at the last) of each :data:`HELDOUT` metric of
+    the stage's kind logged twice or more (``posttrain dpo`` logs its start as ``start_eval_*``)."""
+    rows = []
+    for key, label in HELDOUT.get(kind, []):
+        values = [r["start_" + key] for r in records if "start_" + key in r][:1] + [r[key] for r in records if key in r]
+        if len(values) >= 2:
+            rows.append((label, values[0], values[-1]))
+    return rows
+
+
 def write_recipe_report(out: Path, recipe: dict, evals: dict[str, dict], contamination: dict) -> Path:
     out = Path(out)
     lines = [f"# Recipe `{recipe['name']}`", "", f"Base model: `{recipe['model']}`. Stages: "
@@ -137,6 +162,10 @@ def write_recipe_report(out: Path, recipe: dict, evals: dict[str, dict], contami
         png = out / f"curves_{stage['name']}.png"
         if plot_curves(read_metrics(stage_dir), png, STAGE_CURVES.get(kind, [])):
             lines += [f"### {stage['name']} ({stage['command']})", "", f"![{stage['name']}]({png.name})", ""]
+        heldout = heldout_start_end(read_metrics(stage_dir), kind)
+        if heldout:
+            lines += [f"Held out ({stage['name']}): " + "; ".join(f"{label} {a:.3f} → {b:.3f}" for label, a, b in heldout)
+                      + ".", ""]
         if (stage_dir / "reward_report.md").exists():
             lines += [f"Reward Report: [{stage['name']}/reward_report.md]({stage['name']}/reward_report.md)", ""]
     lines += ["## Decontamination", "",
