@@ -114,12 +114,18 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-@torch.no_grad()
-def _encode(folder: str, texts: list[str], batch_size: int, max_length: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=4)
+def load_encoder(folder: str):
+    """(tokenizer, encoder in eval mode) of an encoder folder, loaded once per process: a reward
+    that embeds every RL step's completions must not reload the weights each step."""
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    encoder = AutoModel.from_pretrained(folder).eval()
+    return AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+
+
+@torch.no_grad()
+def _encode(folder: str, texts: list[str], batch_size: int, max_length: int) -> torch.Tensor:
+    tokenizer, encoder = load_encoder(folder)
     chunks = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(

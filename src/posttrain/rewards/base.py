@@ -38,9 +38,18 @@ class Verifier:
     # values strictly between 0 and 1 (None: not declared, and the report claims neither).
     measures: str = ""
     partial_credit: bool | None = None
+    # True for a graded similarity to a reference (ROUGE, BLEU, embeddings): the score is how close
+    # the completion is to the reference text, not whether a check accepts it, and the Reward
+    # Report says so instead of "accepted / correct".
+    similarity: bool = False
 
     def __call__(self, prediction: str, ground_truth: Any) -> VerificationResult:  # pragma: no cover
         raise NotImplementedError
+
+    def score_batch(self, predictions: list[str], ground_truths: list[Any]) -> list[VerificationResult]:
+        """Score many pairs at once; the default calls the verifier once per pair. Verifiers that
+        batch better (one encoder forward for every pair) override it."""
+        return [self(p, g) for p, g in zip(predictions, ground_truths, strict=True)]
 
     def check_ground_truth(self, ground_truth: Any) -> None:
         """Raise ValueError (saying what is wrong) when no prediction could be scored against

@@ -23,7 +23,9 @@ a penalty of 1 on completions cut off before EOS)::
 
 A reward model is just another component with the same signature; its multiplier is the weight.
 So is an LM judge (``{"judge": "local:MODEL"}`` or ``{"judge": "http://HOST:PORT/v1@MODEL"}``): its
-rubric rating scaled to [0, 1], an unreadable reply adding nothing (``rewards/judge.py``).
+rubric rating scaled to [0, 1], an unreadable reply adding nothing (``rewards/judge.py``). So is a
+sequence classifier (``{"classifier": MODEL, "label": "POSITIVE"}``): the softmax probability of that
+label (RL4LMs' sentiment reward, ``rewards/classifier.py``).
 """
 
 from __future__ import annotations
@@ -160,7 +162,8 @@ class VerifierReward:
         declared = [v.partial_credit for v in used]
         partial = True if any(declared) else (False if declared and all(d is False for d in declared) else None)
         return verifier_description([v.name for v in used], self.weight * self.correct_value, partial,
-                                    [v.measures for v in used], auto=self.verifier_name == "auto")
+                                    [v.measures for v in used], auto=self.verifier_name == "auto",
+                                    similar=[v.name for v in used if v.similarity])
 
     def __call__(
         self,
@@ -176,11 +179,17 @@ class VerifierReward:
         if len(ground_truth) != len(completions):
             raise ValueError(f"{len(ground_truth)} ground truths for {len(completions)} completions")
         names = self._row_names(len(completions), verifier, dataset)
+        texts = [completion_text(completion) for completion in completions]
+        rows_of: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            rows_of.setdefault(name, []).append(i)
+        scores = [0.0] * len(completions)
+        for name, rows in rows_of.items():   # one batch per verifier (an encoder embeds them in one pass)
+            results = self._get(name).score_batch([texts[i] for i in rows], [ground_truth[i] for i in rows])
+            for i, result in zip(rows, results, strict=True):
+                scores[i] = result.score
         scale = self.weight * self.correct_value
-        return [
-            scale * self._get(name)(completion_text(completion), truth).score
-            for completion, truth, name in zip(completions, ground_truth, names)
-        ]
+        return [scale * score for score in scores]
 
 
 class RewardComposer:
@@ -242,7 +251,8 @@ _VERIFIER_KEYS = {"verifier", "weight", "correct_value", "options", "name"}
 _FUNCTION_KEYS = {"function", "weight", "name"}
 _REWARD_MODEL_KEYS = {"reward_model", "weight", "name", "options"}
 _JUDGE_KEYS = {"judge", "weight", "name", "options"}
-_KINDS = ("verifier", "function", "reward_model", "judge")
+_CLASSIFIER_KEYS = {"classifier", "label", "weight", "name", "options"}
+_KINDS = ("verifier", "function", "reward_model", "judge", "classifier")
 
 
 def _close(word: str, choices) -> str:
@@ -266,10 +276,10 @@ def check_reward_spec(spec: Sequence[dict]) -> None:
         kinds = [k for k in _KINDS if k in entry]
         if len(kinds) != 1:
             hint = "".join(_close(k, _KINDS) for k in entry if k not in _KINDS)[:80]
-            raise ValueError(f"reward entry {i} needs exactly one of 'verifier', 'function', 'reward_model' or 'judge'"
-                             f"{hint}: {entry}")
+            raise ValueError(f"reward entry {i} needs exactly one of 'verifier', 'function', 'reward_model', 'judge' "
+                             f"or 'classifier'{hint}: {entry}")
         allowed = {"verifier": _VERIFIER_KEYS, "function": _FUNCTION_KEYS, "reward_model": _REWARD_MODEL_KEYS,
-                   "judge": _JUDGE_KEYS}[kinds[0]]
+                   "judge": _JUDGE_KEYS, "classifier": _CLASSIFIER_KEYS}[kinds[0]]
         unknown = sorted(set(entry) - allowed, key=str)
         if unknown:
             more = f" (and {unknown[1:]})" if unknown[1:] else ""
@@ -285,6 +295,8 @@ def check_reward_spec(spec: Sequence[dict]) -> None:
             raise ValueError(f"reward entry {i}: options must be a mapping, got {entry['options']!r}")
         if "judge" in entry:
             _check_judge_entry(i, entry)
+        if "classifier" in entry:
+            _check_classifier_entry(i, entry)
         name = entry.get("verifier")
         if name is not None and name != "auto" and name not in list_verifiers():
             raise ValueError(f"reward entry {i}: unknown verifier {name!r}{_close(name, list_verifiers())}; "
@@ -309,6 +321,22 @@ def _check_judge_entry(i: int, entry: dict) -> None:
                          f"judge options: {sorted(allowed)}")
 
 
+def _check_classifier_entry(i: int, entry: dict) -> None:
+    """A label is given and the options are the classifier's (its model is checked by preflight)."""
+    from posttrain.rewards.classifier import INPUTS, OPTIONS
+
+    if entry.get("label") is None:
+        raise ValueError(f"reward entry {i}: a classifier needs the label whose probability is the reward, e.g. "
+                         f"{{classifier: {entry['classifier']}, label: POSITIVE}} (a label name or index)")
+    options = entry.get("options") or {}
+    unknown = sorted(set(options) - OPTIONS)
+    if unknown:
+        raise ValueError(f"reward entry {i}: unknown classifier option {unknown[0]!r}{_close(unknown[0], OPTIONS)}; "
+                         f"classifier options: {sorted(OPTIONS)}")
+    if options.get("input", "response") not in INPUTS:
+        raise ValueError(f"reward entry {i}: classifier input={options['input']!r}; choose one of {', '.join(INPUTS)}")
+
+
 def build_reward(spec: Sequence[dict], no_eos_penalty: float = 0.0) -> RewardComposer:
     """A :class:`RewardComposer` from config entries, one per component::
 
@@ -318,6 +346,7 @@ def build_reward(spec: Sequence[dict], no_eos_penalty: float = 0.0) -> RewardCom
         {"function": rm_scorer, "weight": 0.5}     # a callable in hand
         {"reward_model": "runs/rm/model", "weight": 1.0, "options": {"scale": 1.0, "batch_size": 8}}
         {"judge": "local:runs/judge/model", "weight": 1.0, "options": {"batch_size": 8}}   # loaded here, once
+        {"classifier": "runs/sentiment/model", "label": "POSITIVE", "options": {"input": "response"}}
 
     Unknown keys are errors that name the key. Default component names: the verifier name, or
     the function's name.
@@ -343,6 +372,11 @@ def build_reward(spec: Sequence[dict], no_eos_penalty: float = 0.0) -> RewardCom
 
             fn = JudgeReward(str(entry["judge"]), **(entry.get("options") or {}))
             name = entry.get("name", "judge")
+        elif "classifier" in entry:
+            from posttrain.rewards.classifier import ClassifierReward
+
+            fn = ClassifierReward(str(entry["classifier"]), entry["label"], **(entry.get("options") or {}))
+            name = entry.get("name", "classifier")
         else:
             target = entry["function"]
             fn = load_callable(target) if isinstance(target, str) else target

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = ["RewardDescription", "describe_component", "verifier_description", "reward_model_description",
-           "function_description", "judge_description"]
+           "function_description", "judge_description", "classifier_description"]
 
 
 @dataclass
@@ -62,18 +62,45 @@ def _number(x: float) -> str:
     return f"{x:g}"
 
 
+SIMILARITY_RISK = ("A similarity metric pays for closeness to the reference text (shared words and n-grams, or nearby "
+                   "embeddings), not for being right: the policy can learn to copy the reference's phrasing, repeat "
+                   "likely words or match its length, while a correct answer in other words scores low (the metric "
+                   "gaming RL4LMs, Ramamurthy et al. 2023, warns of).")
+
+
 def verifier_description(names: list[str], correct_value: float, partial_credit: bool | None,
-                         measures: list[str], auto: bool) -> RewardDescription:
+                         measures: list[str], auto: bool, similar: list[str] = ()) -> RewardDescription:
     """A verifier component: ``correct_value`` × a score in [0, 1] from programmatic checks.
     ``partial_credit``: False when every verifier in use scores 0 or 1, True when one gives
-    fractional scores, None when not known (a verifier that does not declare it)."""
+    fractional scores, None when not known (a verifier that does not declare it). ``similar``:
+    the verifiers in use that are graded similarities to a reference (``Verifier.similarity``:
+    ROUGE, BLEU, embeddings), described as such and never as accepting a completion."""
     value = _number(correct_value)
     if names:
         shown = ("the programmatic verifier " if len(names) == 1 else "the programmatic verifiers ") + \
             ", ".join(f"`{n}`" for n in names)
     else:
         shown = "the programmatic verifier each row names in its `verifier` column"
-    if partial_credit is False:
+    what = "; ".join(m for m in measures if m) or "the verifier's own check of the completion"
+    details = {"correct_value": float(correct_value), "verifiers": list(names), "per_row": auto,
+               "partial_credit": partial_credit, "similarity": list(similar)}
+    checks = [n for n in names if n not in similar]
+    if similar and not checks:
+        metric = ("the similarity metric " if len(similar) == 1 else "the similarity metrics ") + \
+            ", ".join(f"`{n}`" for n in similar)
+        intent = (f"Reinforcement learning on an automatic text-similarity metric (as in RL4LMs, Ramamurthy et al. "
+                  f"2023): this component pays {value} × how close the completion is to the row's reference text, "
+                  f"scored by {metric} ({what}). It is a graded similarity to a reference, not a correctness "
+                  "check: a completion is never accepted or rejected, only nearer to or farther from the reference.")
+        return RewardDescription(kind="verifier", target=", ".join(names), measures=what, low=0.0,
+                                 high=float(correct_value), values=f"0 to {value} (graded similarity)",
+                                 intent=intent, risks=[SIMILARITY_RISK], details=details)
+    if similar:
+        values = f"0 to {value}"
+        pays = (f"pays {value} × the score in [0, 1] of the verifier each row names: a check of the completion for "
+                + ", ".join(f"`{n}`" for n in checks) + ", a graded similarity to the row's reference text for "
+                + ", ".join(f"`{n}`" for n in similar))
+    elif partial_credit is False:
         values = f"0 or {value} (binary)"
         pays = f"pays {value} when the verifier accepts the completion and 0 otherwise"
     elif partial_credit:
@@ -83,17 +110,18 @@ def verifier_description(names: list[str], correct_value: float, partial_credit:
     else:
         values = f"0 to {value}"
         pays = f"pays {value} × the verifier's score in [0, 1]"
-    what = "; ".join(m for m in measures if m) or "the verifier's own check of the completion"
+    signal = ("The checks are the tasks' own correctness criteria and the similarities are closeness to a "
+              "reference; neither is a learned preference model." if similar else
+              "The signal is the task's own correctness criterion, not a learned preference model.")
     intent = (f"Reinforcement learning with verifiable rewards (TÜLU 3 §6): this component {pays}, as judged by "
-              f"{shown} ({what}). The signal is the task's own correctness "
-              "criterion, not a learned preference model.")
+              f"{shown} ({what}). {signal}")
     risks = ["A verifier pays only for what it checks (above); reasoning, helpfulness and style earn nothing, so a "
              "completion that passes the check by a wrong route is paid in full."]
+    if similar:
+        risks.append(SIMILARITY_RISK)
     return RewardDescription(
         kind="verifier", target=", ".join(names) if names else "auto", measures=what, low=0.0,
-        high=float(correct_value), values=values, intent=intent, risks=risks,
-        details={"correct_value": float(correct_value), "verifiers": list(names), "per_row": auto,
-                 "partial_credit": partial_credit})
+        high=float(correct_value), values=values, intent=intent, risks=risks, details=details)
 
 
 def reward_model_description(path: str, scale: float = 1.0, offset: float = 0.0) -> RewardDescription:
@@ -156,6 +184,22 @@ def judge_description(spec: str, rubric_low: float = 1.0, rubric_high: float = 1
         risks=["LM judges favour longer answers, their own style and confident wording (Zheng et al. 2023, "
                "MT-Bench); the policy can learn to please the judge rather than the user."],
         details={"rubric": [float(rubric_low), float(rubric_high)]})
+
+
+def classifier_description(spec: str, label: str, index: int, input: str = "response") -> RewardDescription:
+    """A sequence classifier's probability of one label (``rewards/classifier.py``)."""
+    read = "the completion" if input == "response" else "the prompt followed by the completion"
+    return RewardDescription(
+        kind="classifier", target=spec,
+        measures=f"the probability the classifier gives label {label!r} (index {index}; softmax of its logits) for {read}",
+        low=0.0, high=1.0, values="0 to 1 (label probability)",
+        intent=(f"A learned classifier scores each completion: the reward is the probability that `{spec}` assigns to "
+                f"the label {label!r} when it reads {read} (RL4LMs' sentiment reward, Ramamurthy et al. 2023). It is a "
+                "trained model's estimate of one attribute of the text, not a correctness check."),
+        risks=["The policy can find text the classifier labels confidently but a person would not (repeated "
+               "label-typical words, degenerate phrases): the classifier is a learned proxy with blind spots. The KL "
+               "penalty to the reference and reading the completions are the guards."],
+        details={"label": label, "label_index": index, "input": input})
 
 
 def describe_component(fn) -> RewardDescription:

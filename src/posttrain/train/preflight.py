@@ -9,7 +9,8 @@ hour; a run that silently trains on the wrong thing costs more. So each trainer'
 2. every data source loads and every row has the shape its trainer needs (``data/formats.py``),
    the error naming the source file and the row's own line, whatever the mixture did;
 3. for RL: every reward component is well formed (known keys, known verifiers, importable
-   functions, parseable LM-judge specs whose local model exists), and every row's verifier exists
+   functions, parseable LM-judge specs whose local model exists, classifiers that have the
+   label asked for), and every row's verifier exists
    and accepts the row's ground truth; for online DPO the same, its judge read as the one
    reward component it amounts to (``OnlineDPOConfig.judge_reward``);
 4. a trainer's own checks of its validated rows and its models' files (``check_inputs``:
@@ -116,6 +117,13 @@ def check_reward_components(spec) -> None:
                 target = str(entry["reward_model"])
                 if target.startswith((".", "/", "~", "runs/")) and not Path(target).expanduser().exists():
                     raise ValueError(f"reward entry {i}: reward model folder {target} does not exist")
+            elif "classifier" in entry:   # its config says which labels it has (no weights read)
+                from posttrain.rewards.classifier import check_classifier
+
+                try:
+                    check_classifier(str(entry["classifier"]), entry["label"], entry.get("options"))
+                except ValueError as e:
+                    raise ValueError(f"reward entry {i}: {e}") from None
             elif "judge" in entry and str(entry["judge"]).startswith("local:"):
                 from posttrain.models import resolve_model_path
                 from posttrain.models.loading import ModelError
