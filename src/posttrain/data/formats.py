@@ -2,7 +2,10 @@
 
 | type        | columns                                                          | used by          |
 |-------------|------------------------------------------------------------------|------------------|
-| sft         | ``messages``: list of ``{"role", "content"}``                     | ``posttrain sft`` |
+| sft         | ``messages``: list of ``{"role", "content"}``; or TRL's prompt-   | ``posttrain sft`` |
+|             | completion rows, ``prompt`` + ``completion`` (both strings: plain |                  |
+|             | text; or a message-list prompt with a string or message-list      |                  |
+|             | completion: chat template), loss on the completion only           |                  |
 | preference  | ``prompt`` + ``chosen`` + ``rejected`` — each a string or a       | ``dpo``, ``orpo``, |
 |             | message list (implicit prompt: chosen/rejected hold the whole     | ``reward``       |
 |             | conversation and share their leading turns)                      |                  |
@@ -18,6 +21,8 @@
 Example rows::
 
     {"messages": [{"role": "user", "content": "2+3?"}, {"role": "assistant", "content": "5"}]}
+    {"prompt": "Summarize: The cat sat on the mat.", "completion": " A cat sat."}
+    {"prompt": [{"role": "user", "content": "2+3?"}], "completion": [{"role": "assistant", "content": "5"}]}
     {"prompt": "2+3?", "chosen": "5", "rejected": "6"}
     {"prompt": "2+3?", "completion": "5", "label": true}
     {"messages": [{"role": "user", "content": "2+3?"}], "ground_truth": "5", "verifier": "gsm8k"}
@@ -73,9 +78,16 @@ def _require(row: dict, field: str, source: str, index: int, hint: str):
     return row[field]
 
 
+SFT_HINT = ("SFT rows need a 'messages' list of {role, content}, or 'prompt' + 'completion' (TRL's prompt-completion "
+            "type: two strings, or a message-list prompt and a string or message-list completion)")
+
+
 def validate_sft_row(row: dict, source: str, index: int) -> dict:
-    messages = _require(row, "messages", source, index,
-                        "SFT rows need a 'messages' list of {role, content}")
+    """``{"messages": [...]}``, or ``{"prompt": str | messages, "completion": str | messages}`` for
+    a prompt-completion row (``messages`` wins when a row has both, as in UltraChat's columns)."""
+    if row.get("messages") is None and ("prompt" in row or "completion" in row):
+        return validate_prompt_completion_row(row, source, index)
+    messages = _require(row, "messages", source, index, SFT_HINT)
     check_messages(messages, source, index)
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{_where(source, index, 'messages')}: no assistant turn to train on")
@@ -83,6 +95,36 @@ def validate_sft_row(row: dict, source: str, index: int) -> dict:
         raise DataError(f"{_where(source, index, 'messages')}: every assistant turn is empty, so the row would "
                         f"train only on the end-of-turn token. Fill in the assistant replies or drop the row")
     return {"messages": messages}
+
+
+def validate_prompt_completion_row(row: dict, source: str, index: int) -> dict:
+    """TRL's prompt-completion row (https://huggingface.co/docs/trl/dataset_formats#prompt-completion).
+    Standard: both strings, trained as plain text with no chat template. Conversational: the prompt
+    a message list, the completion a message list or a string (one assistant turn); a completion
+    that repeats the prompt's turns has them stripped. A string prompt with a message-list
+    completion is refused: it is neither type."""
+    prompt = _require(row, "prompt", source, index, SFT_HINT)
+    completion = _require(row, "completion", source, index, SFT_HINT)
+    if isinstance(prompt, str):
+        if not isinstance(completion, str):
+            raise DataError(f"{_where(source, index, 'completion')}: the prompt is a string, so the completion must be "
+                            f"one too (got {type(completion).__name__}); for a chat row give the prompt as messages, "
+                            f"e.g. [{{\"role\": \"user\", \"content\": ...}}]")
+        if not prompt.strip():
+            raise DataError(f"{_where(source, index, 'prompt')}: empty prompt (for plain language modelling put the "
+                            f"text in 'completion' after a short prompt, or use 'messages')")
+        if not completion.strip():
+            raise DataError(f"{_where(source, index, 'completion')}: empty completion: nothing to train on")
+        return {"prompt": prompt, "completion": completion}
+    prompt = check_messages(prompt, source, index, "prompt")
+    completion = as_messages(completion, "assistant", source, index, "completion")
+    if len(completion) > len(prompt) and completion[: len(prompt)] == prompt:   # the prompt repeated: strip it
+        completion = completion[len(prompt):]
+    if completion[0]["role"] != "assistant":
+        raise DataError(f"{_where(source, index, 'completion')}: the completion must start with an assistant turn")
+    if not any(m["content"].strip() for m in completion if m["role"] == "assistant"):
+        raise DataError(f"{_where(source, index, 'completion')}: empty completion: every assistant turn is empty")
+    return {"prompt": prompt, "completion": completion}
 
 
 def as_messages(value, role: str, source: str, index: int, field: str) -> list[dict]:

@@ -1,12 +1,12 @@
-"""``messages`` rows → tokenised, cached SFT examples, and their batches (packed padding-free or
-padded), as ``posttrain sft`` and the merging experiments train on them."""
+"""``messages`` or prompt-completion rows → tokenised, cached SFT examples, and their batches (packed
+padding-free or padded), as ``posttrain sft`` and the merging experiments train on them."""
 
 from __future__ import annotations
 
 from posttrain.data.cache import cached_tokenize
 from posttrain.data.formats import validate_rows
 from posttrain.data.packing import collate_packed, collate_padded, pack_sequences
-from posttrain.data.tokenize import encode_conversation
+from posttrain.data.tokenize import encode_conversation, encode_prompt_completion
 
 
 def tokenize_sft(rows: list[dict], tokenizer, max_length: int, source: str) -> tuple[list[dict], int]:
@@ -15,9 +15,10 @@ def tokenize_sft(rows: list[dict], tokenizer, max_length: int, source: str) -> t
     settings = {"kind": "sft", "max_length": max_length}
 
     def encode(rs):
-        return [encode_conversation(tokenizer, r["messages"], max_length=max_length) for r in rs]
+        return [encode_conversation(tokenizer, r["messages"], max_length=max_length) if "messages" in r else
+                encode_prompt_completion(tokenizer, r["prompt"], r["completion"], max_length=max_length) for r in rs]
 
-    examples, _hit = cached_tokenize([{"messages": r["messages"]} for r in rows], tokenizer, settings, encode)
+    examples, _hit = cached_tokenize(rows, tokenizer, settings, encode)
     kept = [e for e in examples if any(label != -100 for label in e["labels"][1:])]
     return kept, len(examples) - len(kept)
 

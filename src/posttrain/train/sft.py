@@ -3,7 +3,9 @@
 Objective: next-token cross-entropy on assistant tokens only (system, user and the assistant
 header are masked, see ``data/tokenize.py``), reduced as ``sum`` (TÜLU 3), ``token_mean`` or
 ``sequence_mean`` — each invariant to gradient accumulation and process count (``losses/sft.py``).
-Data type: ``messages`` rows. Conversations are packed padding-free by default.
+Data type: ``messages`` rows, or TRL's prompt-completion rows (``prompt`` + ``completion``; loss on
+the completion only: plain text for two strings, the chat template for a message-list prompt,
+``data/tokenize.py:encode_prompt_completion``). Conversations are packed padding-free by default.
 
     posttrain sft --config sft.yaml learning_rate=1e-5 max_steps=100
     accelerate launch --num_processes 2 -m posttrain.cli sft …   # several processes
@@ -32,7 +34,8 @@ SFT_REDUCTIONS = ("sum", "token_mean", "sequence_mean")
 
 @dataclasses.dataclass
 class SFTConfig(TrainingOptions):
-    """``posttrain sft``: supervised finetuning on ``messages`` rows, assistant tokens only."""
+    """``posttrain sft``: supervised finetuning on ``messages`` rows (assistant tokens only) or
+    prompt-completion rows (completion tokens only)."""
 
     data: list[Any] = opt(["builtin:arithmetic_sft"], "training sources: a list of specs or "
                           "{source, fraction|count, split} entries (see data/sources.py)", "Data")
