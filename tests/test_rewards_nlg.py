@@ -200,3 +200,44 @@ def test_similarity_verifiers_are_described_as_graded_similarities_not_checks():
     assert "a check of the completion for `gsm8k`" in d.intent and "graded similarity to the row's reference text for "\
         "`rouge`" in d.intent
     assert len(d.risks) == 2
+
+
+# --------------------------------------------------------------------------- as an evaluation metric
+
+def test_eval_scores_each_row_with_its_own_verifier(tmp_path):
+    from posttrain.evaluation.runner import evaluate
+
+    rows = [{"prompt": "Describe the cat.", "ground_truth": "the cat is on the mat", "verifier": "rouge"},
+            {"prompt": "Describe the cat again.", "ground_truth": ["a dog", "the cat sat on a mat"], "verifier": "bleu"},
+            {"prompt": "What is 2+3?", "ground_truth": "5", "verifier": "gsm8k"}]
+    completions = ["the cat sat on the mat", "the cat sat on the mat", "It is 5."]
+    data, preds = tmp_path / "rows.jsonl", tmp_path / "preds.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    preds.write_text("".join(json.dumps({"task": "verifier_rows", "id": f"verifier_rows-{i}", "completion": c}) + "\n"
+                             for i, c in enumerate(completions)))
+    result = evaluate(None, "verifier_rows", tmp_path / "eval", predictions=str(preds),
+                      data_files={"verifier_rows": str(data)}, log=lambda _: None)
+    # ROUGE-L 5/6 (LCS "the cat on the mat"), BLEU (1/12)^(1/4) (hand-derived above), gsm8k 1
+    expected = [5 / 6, (1 / 12) ** 0.25, 1.0]
+    samples = [json.loads(line) for line in (tmp_path / "eval" / "verifier_rows" / "samples.jsonl").read_text().splitlines()]
+    assert [s["results"][0]["score"] for s in sorted(samples, key=lambda s: s["id"])] == pytest.approx(expected)
+    (row,) = result["rows"]
+    assert row["metric"] == "mean_score" and row["value"] == pytest.approx(sum(expected) / 3) and row["n"] == 3
+
+
+def test_a_task_scored_by_a_similarity_reports_the_metric_by_its_name():
+    from posttrain.evaluation.runner import score_metric
+    from posttrain.evaluation.tasks import TASKS, Task
+
+    rouge_task = Task("summaries", "dev", "generate", "", lambda ctx: [], scorer="rouge")
+    assert score_metric(rouge_task) == "rouge" and score_metric(TASKS["arith_builtin"]) == "accuracy"
+
+
+def test_verifier_rows_without_a_data_file_is_a_clear_error(tmp_path):
+    from posttrain.data.formats import DataError
+    from posttrain.evaluation.runner import evaluate
+
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text(json.dumps({"task": "verifier_rows", "id": "verifier_rows-0", "completion": "x"}) + "\n")
+    with pytest.raises(DataError, match="needs --data-file verifier_rows=FILE"):
+        evaluate(None, "verifier_rows", tmp_path / "eval", predictions=str(preds), log=lambda _: None)

@@ -64,6 +64,8 @@ def score_completion(scorer: str, completion: str, sample: dict) -> dict:
             loose = get_verifier("ifeval_loose")(completion, gt)
             return {"score": strict.score, "strict": strict.details["follow_instruction_list"],
                     "loose": loose.details["follow_instruction_list"]}
+        if scorer == "row":   # the sample names its own verifier (task verifier_rows)
+            scorer = sample["verifier"]
         result = get_verifier(scorer)(completion, gt)
         extracted = result.extracted if isinstance(result.extracted, (str, int, float, type(None))) else str(result.extracted)
         return {"score": result.score, "extracted": extracted if scorer != "code" else None}
@@ -90,7 +92,8 @@ def item_values(task: Task, records: list[dict]) -> dict[str, list[float]]:
     comparison of two runs on the same items compares; ``aggregate`` averages them).
 
     - ``accuracy``: the mean score of the sample's completions (``rm_accuracy`` / ``loglik``: 1.0
-      for a correct sample).
+      for a correct sample); named after the metric for a similarity scorer (``rouge``) and
+      ``mean_score`` for ``verifier_rows`` (:func:`score_metric`).
     - ``ifeval``: prompt-level strict and loose (1.0 when every instruction is followed).
     - ``pass_at_k``: unbiased pass@k (Chen et al. 2021, eq. 1) with c = completions scoring 1.0,
       for every k <= n.
@@ -108,7 +111,19 @@ def item_values(task: Task, records: list[dict]) -> dict[str, list[float]]:
         n = min(len(r["results"]) for r in records)
         counts = [(len(r["results"]), sum(x["score"] == 1.0 for x in r["results"])) for r in records]
         return {f"pass@{k}": [pass_at_k(nn, c, k) for nn, c in counts] for k in sorted(set(task.ks) | {1}) if k <= n}
-    return {"accuracy": [sum(x["score"] for x in r["results"]) / len(r["results"]) for r in records]}
+    return {score_metric(task): [sum(x["score"] for x in r["results"]) / len(r["results"]) for r in records]}
+
+
+def score_metric(task: Task) -> str:
+    """The name of a mean verifier score: ``accuracy`` for a check, the metric's own name for a
+    graded similarity (a mean ROUGE-L is not an accuracy), ``mean_score`` for per-row verifiers."""
+    from posttrain.rewards import get_verifier
+
+    if task.scorer == "row":
+        return "mean_score"
+    if task.scorer not in (None, "exact_match") and get_verifier(task.scorer).similarity:
+        return task.scorer
+    return "accuracy"
 
 
 def aggregate(task: Task, records: list[dict]) -> list[dict]:

