@@ -13,9 +13,9 @@ product is the cosine similarity ``c`` in [-1, 1]. The score maps it into [0, 1]
 With several references the best cosine counts. Example::
 
     get_verifier("embedding_similarity")("A dog is running across a field.",
-                                         "The dog runs across the field.").score    # ~0.9
+                                         "The dog runs across the field.").score    # 0.96
     get_verifier("embedding_similarity")("Stock prices fell sharply today.",
-                                         "The dog runs across the field.").score    # ~0
+                                         "The dog runs across the field.").score    # 0.07
 
 Options (``{verifier: embedding_similarity, options: {...}}``): ``encoder`` (``minilm``, a local
 encoder folder, or ``hash`` / ``hash:DIM`` for the weight-free hashed bag of words), ``mapping``,
