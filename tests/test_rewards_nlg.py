@@ -149,6 +149,7 @@ def test_embedding_similarity_options_are_checked_when_built():
         get_verifier("embedding_similarity", encoder="no-such-encoder")
 
 
+@pytest.mark.slow
 def test_minilm_scores_a_paraphrase_above_an_unrelated_sentence():
     verifier = get_verifier("embedding_similarity")   # the embedded all-MiniLM-L6-v2
     reference = "The dog runs across the field."
@@ -178,6 +179,25 @@ def test_reward_batches_each_verifier_and_scores_like_one_call_per_row(monkeypat
     assert totals[0] == pytest.approx(5 / 6) and totals[2] == pytest.approx(4 / 7)   # ROUGE-L by hand, as above
     assert [totals[1], totals[3]] == pytest.approx([hashed(completions[1], truths[1]).score,
                                                     hashed(completions[3], truths[3]).score], abs=1e-6)
+
+
+def test_a_grpo_run_on_reference_rows_rewards_and_reports_a_similarity(tiny_model_dir, tmp_path):
+    from posttrain.train.rl.algorithms.grpo import GRPOConfig
+    from posttrain.train.rl.trainer import run_rl
+    from test_rl import read_metrics, rl_config
+
+    rows = [{"prompt": f"Describe item {i}.", "ground_truth": [f"item {i} is red", "a red item"], "verifier": "rouge"}
+            for i in range(8)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    run_rl(rl_config(GRPOConfig, tiny_model_dir, out, max_steps=1, data=[str(data)], eval_data=[str(data)],
+                     eval_size=2, reward=[{"verifier": "auto"}], temperature=2.0))
+    (record,) = [r for r in read_metrics(out) if "reward/auto" in r]
+    assert 0.0 <= record["reward/auto"] <= 1.0
+    text = (out / "reward_report.md").read_text()
+    assert "| auto | verifier | `rouge` | 1.0 | 0 to 1 (graded similarity) |" in text
+    assert "not a correctness check" in text and "verifiable rewards" not in text and "accepts" not in text
 
 
 # --------------------------------------------------------------------------- Reward Report text
