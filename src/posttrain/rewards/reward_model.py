@@ -114,7 +114,8 @@ def shared_prompt_scores(model, prompts: list[list[int]], row_index: torch.Tenso
 
 
 def sequence_scores(model, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> torch.Tensor:
-    """(B,) float scores: decoder heads read at the last real token of each row, encoders pooled."""
+    """(B,) float scores: decoder heads read at the last real token of each row, encoders pooled.
+    A head with L > 1 labels gives its (B, L) logits the same way (the classifier reward)."""
     inner = getattr(model, "module", model)
     if hasattr(inner, "score"):
         out = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT, output_hidden_states=True,
