@@ -158,3 +158,25 @@ def isolated_posttrain_home(tmp_path, monkeypatch):
     if (real / "models").exists():
         os.symlink(real / "models", home / "models")
     return home
+
+
+def build_tiny_t5(tokenizer, seed: int = 0):
+    """A tiny random-init T5 (d_model 32, 2 + 2 layers) around the SmolLM2 tokenizer: pad = EOS =
+    ``<|im_end|>`` as the tokenizer has them, the decoder starting from ``<|im_start|>``."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                      num_heads=4, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.bos_token_id)
+    return T5ForConditionalGeneration(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory, tokenizer):
+    """A saved tiny T5 (an encoder-decoder) with the SmolLM2 tokenizer: a valid seq2seq model spec."""
+    path = tmp_path_factory.mktemp("tiny-t5")
+    build_tiny_t5(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

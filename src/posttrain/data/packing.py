@@ -82,5 +82,5 @@ def sequence_ids(batch: dict) -> torch.Tensor:
         local = starts.cumsum(-1) - 1
         width = batch["position_ids"].shape[1]
         return local + torch.arange(local.shape[0]).unsqueeze(1) * width
-    B, T = batch["input_ids"].shape
+    B, T = batch["labels"].shape if "labels" in batch else batch["input_ids"].shape   # seq2seq: the decoder's
     return torch.arange(B).unsqueeze(1).expand(B, T)

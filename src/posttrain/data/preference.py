@@ -120,14 +120,22 @@ def plain_text(messages: list[dict]) -> str:
 
 
 def encode_responses(tokenizer, prompt: list[dict], responses: list[list[dict]], max_length: int,
-                     max_prompt_length: int | None) -> tuple[list[int], list[list[int]], bool]:
+                     max_prompt_length: int | None, seq2seq: bool = False) -> tuple[list[int], list[list[int]], bool]:
     """``(prompt_ids, [response_ids, …], truncated)``: the prompt tokenised once and each response's
-    tokens to append to it (see the module docstring for the rules)."""
+    tokens to append to it (see the module docstring for the rules). ``seq2seq`` without a chat
+    template: the encoder's plain-text prompt and each response's decoder target
+    (``data/seq2seq.py``) instead of one encoder sequence."""
     truncated = False
-    if has_chat_template(tokenizer):
-        prompt_ids = encode_prompt(tokenizer, prompt)
-        encoded = [tokenizer(response_text(tokenizer, prompt, r), add_special_tokens=False)["input_ids"]
-                   for r in responses]
+    if has_chat_template(tokenizer) or seq2seq:
+        if has_chat_template(tokenizer):
+            prompt_ids = encode_prompt(tokenizer, prompt)
+            encoded = [tokenizer(response_text(tokenizer, prompt, r), add_special_tokens=False)["input_ids"]
+                       for r in responses]
+        else:
+            from posttrain.data.seq2seq import decoder_target_ids, encoder_prompt_ids
+
+            prompt_ids = encoder_prompt_ids(tokenizer, prompt)
+            encoded = [decoder_target_ids(tokenizer, plain_text(r)) for r in responses]
         if max_prompt_length and len(prompt_ids) > max_prompt_length:
             prompt_ids, truncated = prompt_ids[-max_prompt_length:], True
         room = max(0, max_length - len(prompt_ids))
@@ -144,11 +152,12 @@ def encode_responses(tokenizer, prompt: list[dict], responses: list[list[dict]],
     return [], encoded, any(len(e) >= max_length for e in encoded)
 
 
-def encode_pair_row(tokenizer, row: dict, max_length: int, max_prompt_length: int | None) -> dict:
+def encode_pair_row(tokenizer, row: dict, max_length: int, max_prompt_length: int | None,
+                    seq2seq: bool = False) -> dict:
     """One normalised preference row → ``{prompt_ids, chosen_ids, rejected_ids, margin, subset,
     truncated}`` (see the module docstring for the rules)."""
     prompt_ids, (chosen_ids, rejected_ids), truncated = encode_responses(
-        tokenizer, row["prompt"], [row["chosen"], row["rejected"]], max_length, max_prompt_length)
+        tokenizer, row["prompt"], [row["chosen"], row["rejected"]], max_length, max_prompt_length, seq2seq)
     margin = row.get("margin")
     return {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids,
             "margin": float(margin) if margin is not None else 0.0, "subset": str(row.get("subset") or ""),
@@ -156,17 +165,20 @@ def encode_pair_row(tokenizer, row: dict, max_length: int, max_prompt_length: in
 
 
 def tokenize_pairs(rows: list[dict], tokenizer, max_length: int, max_prompt_length: int | None, source: str,
-                   skip_invalid: bool = False, kind: str = "preference") -> tuple[list[dict], PairStats]:
-    """Validate (errors name the row, or count skips), tokenise (cached on disk), drop empties."""
+                   skip_invalid: bool = False, kind: str = "preference",
+                   seq2seq: bool = False) -> tuple[list[dict], PairStats]:
+    """Validate (errors name the row, or count skips), tokenise (cached on disk), drop empties.
+    ``seq2seq``: prompts and responses of an encoder-decoder (``encode_responses``)."""
     from posttrain.data.cache import cached_tokenize
 
     stats = PairStats()
     valid = validate_pairs(rows, source, skip_invalid, stats)
     settings = {"kind": kind, "max_length": max_length, "max_prompt_length": max_prompt_length,
-                "chat": has_chat_template(tokenizer), "version": 1}
+                "chat": has_chat_template(tokenizer), "version": 1,
+                **({"seq2seq": 1} if seq2seq else {})}
 
     def encode(rs):
-        return [encode_pair_row(tokenizer, r, max_length, max_prompt_length) for r in rs]
+        return [encode_pair_row(tokenizer, r, max_length, max_prompt_length, seq2seq) for r in rs]
 
     keep_cols = ("prompt", "chosen", "rejected", "margin", "subset")
     examples, _hit = cached_tokenize([{k: r[k] for k in keep_cols if k in r} for r in valid], tokenizer,
@@ -199,13 +211,14 @@ class PairBatches:
     Right padding with ``pad_id``; ``attention_mask`` marks real tokens; ``labels`` carry the
     response tokens only. With ``share_prompts`` the same rows also come as ``prompts`` (B token
     lists) and ``response_ids`` / ``response_mask`` (2B, R) for forwards that run each prompt
-    once. Extra per-pair tensors (e.g. precomputed reference log-probs) can be attached with ``extras={"name": tensor of shape (N, …)}``; they are indexed per batch.
+    once (and always with ``separate_prompts``: an encoder-decoder's prompt is its encoder input). Extra per-pair tensors (e.g. precomputed reference log-probs) can be attached with ``extras={"name": tensor of shape (N, …)}``; they are indexed per batch.
     """
 
     def __init__(self, examples: list[dict], pad_id: int, extras: dict[str, torch.Tensor] | None = None,
-                 share_prompts: bool = False):
+                 share_prompts: bool = False, separate_prompts: bool = False):
         self.examples, self.pad_id, self.extras = examples, pad_id, dict(extras or {})
         self.share_prompts = share_prompts   # tells the forward (dpo.completion_logps) which layout to run
+        self.separate_prompts = separate_prompts   # an encoder-decoder: prompts and responses, always
 
     def __len__(self):
         return len(self.examples)
@@ -234,7 +247,7 @@ class PairBatches:
         batch = {**pad_rows(seqs, self.pad_id),
                  "margin": torch.tensor([p["margin"] for p in pairs], dtype=torch.float32),
                  "num_pairs": len(pairs), "share_prompts": self.share_prompts}
-        if self.share_prompts:
+        if self.share_prompts or self.separate_prompts:
             batch.update(self._shared_layout(pairs))
         index = torch.tensor(indices, dtype=torch.long)
         for name, values in self.extras.items():

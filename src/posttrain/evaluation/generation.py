@@ -12,7 +12,9 @@ two methods, so tests and ``--predictions`` files can stand in for a model:
 :class:`HFGenerator` does it with a loaded causal LM: prompts rendered with the tokenizer's chat
 template (generation prompt appended), left padding, sorted by length so a batch holds prompts
 of similar size, greedy when ``temperature == 0`` and sampled otherwise, stopping at EOS
-(the tokenizer's and the model's ``generation_config`` ones). Sampling is seeded per call with
+(the tokenizer's and the model's ``generation_config`` ones). An encoder-decoder (T5, BART) takes
+the prompt as its encoder input (``data/seq2seq.encoder_prompt_ids``: the chat template when the
+tokenizer has one, else the plain text) and generates the completion with its decoder. Sampling is seeded per call with
 ``torch.manual_seed(seed)``: the same call gives the same completions, but a different batch
 size regroups prompts and so changes sampled completions (greedy ones do not change, up to
 floating-point effects of padding).
@@ -27,6 +29,8 @@ import json
 from pathlib import Path
 
 import torch
+
+from posttrain.models import seq2seq
 
 __all__ = ["HFGenerator", "PredictionsGenerator", "render_prompts"]
 
@@ -52,6 +56,7 @@ class HFGenerator:
         eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
         self.eos_token_ids = sorted(e for e in eos if e is not None)
         self.calls = 0  # generate() calls, for tests and progress
+        self.seq2seq = seq2seq.is_encoder_decoder(model)
 
     @property
     def device(self) -> torch.device:
@@ -67,7 +72,7 @@ class HFGenerator:
     def generate(self, prompts: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 1.0, num_samples: int = 1, seed: int = 0) -> list[list[str]]:
         self.calls += 1
-        texts = render_prompts(self.tokenizer, prompts)
+        texts = self._encoder_prompts(prompts) if self.seq2seq else render_prompts(self.tokenizer, prompts)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out: list[list[str]] = [[] for _ in texts]
         torch.manual_seed(seed)
@@ -76,13 +81,18 @@ class HFGenerator:
             raise ValueError("num_samples > 1 needs temperature > 0 (greedy samples would all be equal)")
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            enc = self._encode([texts[i] for i in idx])
+            if self.seq2seq:   # generate returns [start] + completion
+                enc, prompt_width = seq2seq.encoder_inputs([texts[i] for i in idx], self.tokenizer.pad_token_id,
+                                                           self.device), 1
+            else:
+                enc = self._encode([texts[i] for i in idx])
+                prompt_width = enc["input_ids"].shape[1]
             kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p) if sample else \
                 dict(do_sample=False, temperature=None, top_p=None, top_k=None)
             seqs_NT = self.model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
                                           eos_token_id=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id,
                                           **kwargs)
-            new_NT = seqs_NT[:, enc["input_ids"].shape[1]:]  # N = len(idx) * num_samples, grouped by prompt
+            new_NT = seqs_NT[:, prompt_width:]  # N = len(idx) * num_samples, grouped by prompt
             decoded = self.tokenizer.batch_decode(new_NT, skip_special_tokens=True)
             for j, i in enumerate(idx):
                 out[i] = [d.strip() for d in decoded[j * num_samples:(j + 1) * num_samples]]
@@ -113,11 +123,19 @@ class HFGenerator:
         return [[{"final": out.texts[k].strip(), "episode": out.transcripts[k], "end": out.end_reasons[k]}
                  for k in range(i * num_samples, (i + 1) * num_samples)] for i in range(len(rows))]
 
+    def _encoder_prompts(self, prompts: list[list[dict]]) -> list[list[int]]:
+        """An encoder-decoder's prompts as encoder token ids (``data/seq2seq.encoder_prompt_ids``)."""
+        from posttrain.data.seq2seq import encoder_prompt_ids
+
+        return [encoder_prompt_ids(self.tokenizer, p)[:self.max_prompt_tokens] for p in prompts]
+
     @torch.inference_mode()
     def loglikelihood(self, requests: list[tuple[list[dict], str]]) -> list[float]:
         """Summed log p(continuation | rendered prompt) per request (right padding, one forward
-        pass per batch)."""
+        pass per batch). An encoder-decoder scores the continuation as its decoder's output."""
         tok = self.tokenizer
+        if self.seq2seq:
+            return self._seq2seq_loglikelihood(requests)
         prompts = render_prompts(tok, [r[0] for r in requests])
         seqs, starts = [], []
         for text, (_, continuation) in zip(prompts, requests):
@@ -139,6 +157,23 @@ class HFGenerator:
             token_logps_BT = logps_BTV[:, :-1].gather(-1, ids_BT[:, 1:, None]).squeeze(-1)
             for r, (s, start) in enumerate(zip(chunk, chunk_starts)):
                 scores.append(token_logps_BT[r, start - 1:len(s) - 1].sum().item())
+        return scores
+
+
+    def _seq2seq_loglikelihood(self, requests: list[tuple[list[dict], str]]) -> list[float]:
+        prompts = self._encoder_prompts([r[0] for r in requests])
+        continuations = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for _, c in requests]
+        scores: list[float] = []
+        for b in range(0, len(requests), self.batch_size):
+            chunk = continuations[b:b + self.batch_size]
+            width = max(1, max(map(len, chunk)))
+            ids_BT = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask_BT = torch.zeros((len(chunk), width))
+            for r, c in enumerate(chunk):
+                ids_BT[r, :len(c)], mask_BT[r, :len(c)] = torch.tensor(c, dtype=torch.long), 1.0
+            logps_BT, _ = seq2seq.decoder_token_logps(self.model, prompts[b:b + self.batch_size], ids_BT.to(self.device),
+                                                      self.tokenizer.pad_token_id, mask_BT.to(self.device))
+            scores += logps_BT.sum(-1).tolist()
         return scores
 
 

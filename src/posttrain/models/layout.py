@@ -19,6 +19,7 @@ from posttrain.losses.linear_ce import linear_log_probs
 from posttrain.models.kv_cache import kv_cache, with_cache
 from posttrain.losses.policy import apply_action_mask, entropy_from_logits
 from posttrain.models.lm_head import capture_final_hidden, chunkable_head, final_hidden_states
+from posttrain.models import seq2seq
 
 __all__ = ["forward_inputs", "prompt_sharing", "distinct_prompts", "shared_prompt_cache", "continue_from_cache", "shared_prefix_logits",
            "completion_logits", "gather_logps", "completion_token_logps", "completion_head_inputs"]
@@ -116,7 +117,10 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: torch.
 
     ``share_prompts``: rows with the same prompt (a GRPO group) run it once
     (:func:`shared_prefix_logits`). Same values as the plain pass up to float rounding, at
-    (distinct prompts + B) / B of its prompt cost."""
+    (distinct prompts + B) / B of its prompt cost. An encoder-decoder takes its own layout
+    (``models/seq2seq.py``: the prompt through the encoder, the completion through the decoder)."""
+    if seq2seq.is_encoder_decoder(model):
+        return seq2seq.decoder_logits(model, prompt_ids, completion_ids, pad_id, temperature, share_prompts)
     T = completion_ids.shape[1]
     if share_prompts:
         unique, row_index = distinct_prompts(prompt_ids)
@@ -146,7 +150,10 @@ def completion_token_logps(model, prompt_ids: list[list[int]], completion_ids: t
     positions, a chunk at a time (``losses/linear_ce.linear_log_probs``), so no (B, T, V) logits
     exist; else the plain path (:func:`completion_logits`). Same values up to float rounding.
     ``action_mask_BTV`` (NLPO: the tokens allowed at each position) acts on the full logits, so it
-    takes the plain path."""
+    takes the plain path. An encoder-decoder takes its own layout (``models/seq2seq.py``)."""
+    if seq2seq.is_encoder_decoder(model):
+        return seq2seq.decoder_token_logps(model, prompt_ids, completion_ids, pad_id, mask_BT, temperature,
+                                           share_prompts, with_entropy, action_mask_BTV)
     mask = mask_BT.bool()
     head = chunkable_head(model) if chunked and action_mask_BTV is None else None
     if head is None:

@@ -44,6 +44,8 @@ def chunkable_head(model) -> tuple[torch.nn.Module, torch.nn.Parameter] | None:
     if type(head) is not torch.nn.Linear or head.bias is not None or not isinstance(decoder, torch.nn.Module):
         return None
     config = getattr(lm, "config", None)
+    if getattr(config, "is_encoder_decoder", False):   # its decoder is not the base model (models/seq2seq.py)
+        return None
     if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _HEAD_TRANSFORMS):
         return None
     weight = head.weight

@@ -96,15 +96,21 @@ def load_model(spec: str, dtype: str = "float32", gradient_checkpointing: bool =
                task: str = "causal_lm", num_labels: int = 1, device: str | torch.device | None = None,
                attn_implementation: str | None = None):
     """Load a model from a spec. ``task`` is ``causal_lm`` or ``sequence_classification``
-    (a reward model: one label, score read at the last non-pad token). ``attn_implementation``:
-    see :func:`resolve_attention` (None: transformers' default)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    (a reward model: one label, score read at the last non-pad token). ``causal_lm`` loads an
+    encoder-decoder (T5, BART: ``config.is_encoder_decoder``) with ``AutoModelForSeq2SeqLM``
+    (``models/seq2seq.py``). ``attn_implementation``: see :func:`resolve_attention` (None:
+    transformers' default)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    from posttrain.models.seq2seq import spec_is_encoder_decoder
 
     if dtype not in DTYPES and dtype != "auto":
         raise ModelError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
     path = resolve_model_path(spec)
     torch_dtype = "auto" if dtype == "auto" else DTYPES[dtype]
     cls = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
+    if task == "causal_lm" and spec_is_encoder_decoder(path):
+        cls = AutoModelForSeq2SeqLM
     kwargs = {"num_labels": num_labels} if task != "causal_lm" else {}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = resolve_attention(attn_implementation)
@@ -137,7 +143,7 @@ def apply_lora(model, rank: int = 16, alpha: int = 32, dropout: float = 0.05,
 
 def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = True, state_dict: dict | None = None) -> Path:
     """Save in Hugging Face format (safetensors + config + tokenizer + chat template), loadable by
-    ``AutoModelForCausalLM.from_pretrained`` and vLLM. LoRA models are merged into full weights
+    ``AutoModelForCausalLM.from_pretrained`` and vLLM (an encoder-decoder: ``AutoModelForSeq2SeqLM``). LoRA models are merged into full weights
     unless ``merge_lora`` is False (then the adapter alone is saved). ``state_dict``: the full
     weights when ``model`` holds only a shard of them (FSDP, ZeRO-3; ``Engine.full_state_dict``)."""
     out_dir = Path(out_dir)

@@ -31,7 +31,8 @@ def prepare_run(options: TrainingOptions, command: str) -> Path:
 
 
 def load_policy(options: TrainingOptions):
-    """The trainable model (with LoRA when ``lora_rank`` > 0) and its tokenizer with the template set."""
+    """The trainable model (with LoRA when ``lora_rank`` > 0) and its tokenizer with the template set.
+    An encoder-decoder config loads with ``AutoModelForSeq2SeqLM`` (``models/loading.load_model``)."""
     from posttrain.models import apply_lora, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(options.model, template=options.template)
@@ -39,9 +40,12 @@ def load_policy(options: TrainingOptions):
                        attn_implementation=options.attn_implementation)
     model.config.use_cache = False  # packed rows need no KV cache, and a cache disables packed masking
     if options.lora_rank > 0:
+        from posttrain.models.seq2seq import is_encoder_decoder
+
         model = apply_lora(model, rank=options.lora_rank, alpha=options.lora_alpha, dropout=options.lora_dropout,
                            target_modules=options.lora_target_modules[0] if options.lora_target_modules == ["all-linear"]
-                           else options.lora_target_modules)
+                           else options.lora_target_modules,
+                           task_type="SEQ_2_SEQ_LM" if is_encoder_decoder(model) else "CAUSAL_LM")
     return model, tokenizer
 
 

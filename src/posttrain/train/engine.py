@@ -369,7 +369,9 @@ class Engine:
             for shard in sorted(path.glob("*.safetensors")):
                 state.update(load_file(shard))
             missing, unexpected = model.load_state_dict(state, strict=False)
-            missing = [k for k in missing if "lm_head" not in k]  # tied embeddings are not saved twice
+            # tied weights are saved once (the LM head; an encoder-decoder's encoder and decoder embeddings)
+            tied = getattr(model, "all_tied_weights_keys", None) or {}
+            missing = [k for k in missing if "lm_head" not in k and k not in tied]
             if missing or unexpected:
                 raise TrainingError(f"checkpoint {path} does not match the model (missing {missing[:3]}, "
                                     f"unexpected {unexpected[:3]}): start a new run folder")

@@ -59,17 +59,18 @@ def completion_logps(model, batch: dict, chunked: bool = True) -> tuple[torch.Te
     ``batch["share_prompts"]`` (pairs, ``share_prompts``): each pair's prompt runs once and both
     responses continue from its KV cache (``models/layout.py``); the prompt's own logits are never
     computed. ``chunked`` (``chunked_loss``): the LM head runs only on response tokens, a chunk at
-    a time (``losses/linear_ce.linear_log_probs``). Same values up to rounding either way."""
+    a time (``losses/linear_ce.linear_log_probs``). Same values up to rounding either way. An
+    encoder-decoder's batches always come as prompts and responses (``models/seq2seq.py``)."""
     from posttrain.losses.linear_ce import linear_log_probs
     from posttrain.losses.sft import token_nll
     from posttrain.models.layout import completion_token_logps
     from posttrain.models.lm_head import labelled_head_inputs
 
-    if batch.get("share_prompts"):
+    if "prompts" in batch:   # shared prompts, or an encoder-decoder (prompt → encoder, response → decoder)
         responses, mask = batch["response_ids"], batch["response_mask"]
         prompts = batch["prompts"] * 2   # chosen rows, then rejected rows: each prompt twice
-        logps, _ = completion_token_logps(model, prompts, responses, batch["pad_id"], mask, share_prompts=True,
-                                          chunked=chunked)
+        logps, _ = completion_token_logps(model, prompts, responses, batch["pad_id"], mask,
+                                          share_prompts=bool(batch.get("share_prompts")), chunked=chunked)
         return logps.sum(-1), mask.sum(-1)
     head = labelled_head_inputs(model, batch, chunked)
     if head is None:
@@ -94,11 +95,14 @@ def load_pairs(config: PreferenceOptions, tokenizer, engine, name: str) -> tuple
     from posttrain.data import mix_sources
     from posttrain.data.preference import tokenize_pairs
     from posttrain.models.layout import prompt_sharing
+    from posttrain.models.seq2seq import is_encoder_decoder
     from posttrain.train.common import log
+
+    seq2seq = is_encoder_decoder(engine.model)   # prompt → encoder, responses → decoder (models/seq2seq.py)
 
     def pairs_of(sources, field):
         return tokenize_pairs(mix_sources(sources, seed=config.seed), tokenizer, config.max_length,
-                              config.max_prompt_length, field, config.skip_invalid_rows)
+                              config.max_prompt_length, field, config.skip_invalid_rows, seq2seq=seq2seq)
 
     pairs, stats = pairs_of(config.data, "data")
     log(f"[bold]{name}[/] {stats.summary()}", engine.is_main)
@@ -107,8 +111,8 @@ def load_pairs(config: PreferenceOptions, tokenizer, engine, name: str) -> tuple
         eval_pairs, eval_stats = pairs_of(config.eval_data, "eval_data")
         log(f"[bold]{name}[/] held out: {eval_stats.summary()}", engine.is_main)
     share = prompt_sharing(config.share_prompts, engine.world)
-    return (PairBatches(pairs, tokenizer.pad_token_id, share_prompts=share),
-            PairBatches(eval_pairs, tokenizer.pad_token_id, share_prompts=share), stats)
+    return (PairBatches(pairs, tokenizer.pad_token_id, share_prompts=share, separate_prompts=seq2seq),
+            PairBatches(eval_pairs, tokenizer.pad_token_id, share_prompts=share, separate_prompts=seq2seq), stats)
 
 
 @torch.no_grad()

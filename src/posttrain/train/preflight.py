@@ -13,7 +13,8 @@ hour; a run that silently trains on the wrong thing costs more. So each trainer'
    label asked for), and every row's verifier exists
    and accepts the row's ground truth; for online DPO the same, its judge read as the one
    reward component it amounts to (``OnlineDPOConfig.judge_reward``);
-4. a trainer's own checks of its validated rows and its models' files (``check_inputs``:
+4. an encoder-decoder model is run only with options it supports (``train/seq2seq.py``);
+5. a trainer's own checks of its validated rows and its models' files (``check_inputs``:
    ``posttrain distill`` refuses a teacher with another tokenizer before loading weights).
 
 Every failure is a ``ConfigError`` or ``DataError``, which the CLI prints as one line (exit
@@ -27,6 +28,7 @@ from pathlib import Path
 from posttrain.config import ConfigError, TrainingOptions
 from posttrain.data.formats import DataError, validate_located_rows
 from posttrain.data.sources import mix_sources
+from posttrain.train.seq2seq import check_seq2seq_options
 from posttrain.train.run_folder import check_out_folder, check_resume_config, is_main_process
 
 __all__ = ["preflight", "check_rows", "check_reward_components", "check_row_rewards"]
@@ -35,6 +37,7 @@ __all__ = ["preflight", "check_rows", "check_reward_components", "check_row_rewa
 def preflight(options: TrainingOptions) -> Path:
     """Run every check above for ``options``; returns the run folder (not yet created)."""
     run_dir = check_out_folder(options.out)
+    check_seq2seq_options(options)   # an encoder-decoder model with options it cannot run
     if is_main_process():
         check_resume_config(options, run_dir)
     if hasattr(options, "reward"):   # online RL: grpo, rloo, ppo, nlpo

@@ -6,6 +6,9 @@ header are masked, see ``data/tokenize.py``), reduced as ``sum`` (TÜLU 3), ``to
 Data type: ``messages`` rows, or TRL's prompt-completion rows (``prompt`` + ``completion``; loss on
 the completion only: plain text for two strings, the chat template for a message-list prompt,
 ``data/tokenize.py:encode_prompt_completion``). Conversations are packed padding-free by default.
+Encoder-decoder models (T5, BART): the prompt is the encoder input and the completion (a
+``messages`` row's last assistant turn) the decoder target, loss on the target tokens only
+(``data/seq2seq.py``, ``models/seq2seq.py``); they need ``packing=false``.
 
     posttrain sft --config sft.yaml learning_rate=1e-5 max_steps=100
     accelerate launch --num_processes 2 -m posttrain.cli sft …   # several processes
@@ -27,6 +30,7 @@ from posttrain.losses.sft import IGNORE_INDEX, sft_normalizer, sft_token_weights
 from posttrain.train.common import load_policy, log, prepare_run
 from posttrain.train.engine import Engine
 from posttrain.models.lm_head import labelled_head_inputs
+from posttrain.models.seq2seq import decoder_start_id, is_encoder_decoder
 
 
 SFT_REDUCTIONS = ("sum", "token_mean", "sequence_mean")
@@ -65,7 +69,7 @@ def weighted_token_nll(model, batch: dict, weights_BT: torch.Tensor, chunked: bo
     if head is not None:
         hidden_NH, head_weight, target_N, mask = head
         return linear_cross_entropy(hidden_NH, head_weight, target_N, weights_BT[mask])
-    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask", "decoder_input_ids") if k in batch}
     nll, mask = token_nll(model(**inputs, use_cache=False).logits, labels)
     return (nll * weights_BT).sum(), nll[mask]
 
@@ -110,19 +114,22 @@ def run_sft(config: SFTConfig, command: str = "posttrain sft"):
 
     # --- data: mix, validate, tokenise (cached), pack
     rows = mix_sources(config.data, seed=config.seed)
-    examples, dropped = tokenize_sft(rows, tokenizer, config.max_length, source="data")
+    # An encoder-decoder trains its decoder on the completion given the prompt (models/seq2seq.py).
+    start_id = decoder_start_id(model) if is_encoder_decoder(model) else None
+    examples, dropped = tokenize_sft(rows, tokenizer, config.max_length, source="data", seq2seq=start_id is not None)
     if not examples:  # else the engine would blame the data size or the batch
         raise DataError(f"data: every one of the {dropped} conversations is longer than max_length="
                         f"{config.max_length} tokens before its first assistant token, so nothing is left to "
                         f"train on. Raise max_length or shorten the prompts")
     log(f"[bold]sft[/] {len(examples)} conversations ({dropped} dropped: no trained token left after "
         f"truncation to {config.max_length})", main)
-    batches = SFTBatches(examples, tokenizer.pad_token_id, config.max_length, config.packing)
+    batches = SFTBatches(examples, tokenizer.pad_token_id, config.max_length, config.packing, start_id)
     eval_fn = None
     if config.eval_data:
         eval_rows = mix_sources(config.eval_data, seed=config.seed)
-        eval_examples, _ = tokenize_sft(eval_rows, tokenizer, config.max_length, source="eval_data")
-        eval_batches = SFTBatches(eval_examples, tokenizer.pad_token_id, config.max_length, config.packing)
+        eval_examples, _ = tokenize_sft(eval_rows, tokenizer, config.max_length, source="eval_data",
+                                        seq2seq=start_id is not None)
+        eval_batches = SFTBatches(eval_examples, tokenizer.pad_token_id, config.max_length, config.packing, start_id)
         eval_fn = lambda m: heldout_loss(m, eval_batches, config.batch_size, config.chunked_loss)  # noqa: E731
 
     # --- train

@@ -28,6 +28,7 @@ from typing import Callable, Protocol
 import torch
 
 from posttrain.losses.policy import apply_action_mask, nlpo_topp_mask
+from posttrain.models import seq2seq
 from posttrain.models.kv_cache import kv_cache, with_cache
 from posttrain.models.layout import completion_logits, distinct_prompts, forward_inputs, gather_logps, \
     shared_prompt_cache
@@ -188,6 +189,10 @@ class HFRollout:
     eager) when the model is on cuda, xpu, neuron or tpu and is neither offloaded nor quantized by
     a method that cannot compile. On CPU nothing is compiled. A new batch size or a longer cache
     recompiles. Tokens and log-probs match the dynamic cache up to float rounding.
+
+    An encoder-decoder (``models/seq2seq.py``) takes the prompts as right-padded encoder input (with
+    ``share_prompts``, each distinct prompt encoded once) and its completion starts after the
+    decoder's start token.
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 64, share_prompts: bool = False,
@@ -243,13 +248,18 @@ class HFRollout:
 
     def _generate_chunk(self, model, rows, device, max_new_tokens, temperature, top_p, top_k, greedy, action_mask,
                         LogitsProcessorList, seeds=None):
-        inputs = forward_inputs(rows, None, self.pad_id, device=device)
-        P = inputs.pop("prompt_length")
-        inputs.pop("position_ids")  # generate derives them from the attention mask
+        encoder_decoder = seq2seq.is_encoder_decoder(model)
+        if encoder_decoder:   # the prompt is the encoder's (shared there); sequences = [start] + completion
+            inputs, P = seq2seq.generation_inputs(model, rows, self.pad_id, device, self.share_prompts), 1
+        else:
+            inputs = forward_inputs(rows, None, self.pad_id, device=device)
+            P = inputs.pop("prompt_length")
+            inputs.pop("position_ids")  # generate derives them from the attention mask
         processors = LogitsProcessorList([action_mask(inputs["attention_mask"])] if action_mask else [])
         # generate refuses a cache object next to cache_implementation, and the shared prefill
         # makes a DynamicCache: with a static cache every row prefills its own prompt.
-        if self.share_prompts and self.cache == "dynamic" and min(len(r) for r in rows) > 1:
+        if self.share_prompts and self.cache == "dynamic" and min(len(r) for r in rows) > 1 \
+                and not encoder_decoder:
             unique, row_index = distinct_prompts(rows)
             if len(unique) < len(rows):
                 # Prefill every prompt token but the last once per distinct prompt; generate

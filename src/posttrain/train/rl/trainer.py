@@ -54,6 +54,8 @@ from pathlib import Path
 import torch
 
 from posttrain.data import DataError, encode_prompt, mix_sources, validate_rows
+from posttrain.data.seq2seq import encoder_prompt_ids
+from posttrain.models.seq2seq import is_encoder_decoder
 from posttrain.models import resolve_model_path
 from posttrain.losses.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from posttrain.losses.policy import aggregation_normalizer, explained_variance, masked_mean, nlpo_topp_mask, \
@@ -66,10 +68,11 @@ from accelerate.utils import gather_object
 from posttrain.train.engine import Engine, TrainingError
 from posttrain.models.layout import completion_token_logps, prompt_sharing
 from posttrain.train.rl.algorithms import algorithm_spec
+from posttrain.train.rl.algorithms.ppo import completion_values
 from posttrain.train.rl.config import RLConfig
 from posttrain.tools import EnvironmentPool, ToolChat, environment_factory
 from posttrain.train.rl.multiturn import MultiTurnRollout, episode_metrics
-from posttrain.train.rl.rollout import Rollout, TopPActionMask, completion_logits, forward_inputs, make_backend
+from posttrain.train.rl.rollout import Rollout, TopPActionMask, completion_logits, make_backend
 
 __all__ = ["run_rl", "load_prompts", "reward_spec", "heldout_accuracy", "heldout_items", "RLState"]
 
@@ -79,12 +82,14 @@ __all__ = ["run_rl", "load_prompts", "reward_spec", "heldout_accuracy", "heldout
 
 
 def load_prompts(sources: list, tokenizer, max_prompt_length: int, seed: int, source: str,
-                 needs_answer: bool = True) -> list[dict]:
+                 needs_answer: bool = True, seq2seq: bool = False) -> list[dict]:
     """Validated RLVR rows with their prompt token ids (``prompt_ids``); too-long prompts dropped.
-    ``needs_answer=False``: rows may be bare prompts (no verifier component reads them)."""
+    ``needs_answer=False``: rows may be bare prompts (no verifier component reads them).
+    ``seq2seq``: the ids are an encoder-decoder's encoder input (``data/seq2seq.encoder_prompt_ids``)."""
     rows = validate_rows(mix_sources(sources, seed=seed), "rlvr" if needs_answer else "rl_prompt", source)
+    encode = encoder_prompt_ids if seq2seq else encode_prompt
     for row in rows:
-        row["prompt_ids"] = encode_prompt(tokenizer, row["messages"])
+        row["prompt_ids"] = encode(tokenizer, row["messages"])
     kept = [r for r in rows if len(r["prompt_ids"]) <= max_prompt_length]
     if not kept:  # say so, rather than "0 prompts for a step"
         raise DataError(f"{source}: every one of the {len(rows)} prompts is longer than max_prompt_length="
@@ -244,10 +249,11 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
 
     # --- data: RLVR rows with tokenised prompts; held-out rows for greedy accuracy
     needs_answer = any("verifier" in entry for entry in config.reward)   # else bare prompts will do
-    rows = load_prompts(config.data, tokenizer, config.max_prompt_length, config.seed, "data", needs_answer)
+    seq2seq = is_encoder_decoder(policy)   # prompts are its encoder input (models/seq2seq.py)
+    rows = load_prompts(config.data, tokenizer, config.max_prompt_length, config.seed, "data", needs_answer, seq2seq)
     total = prompt_steps(config, len(rows))
-    eval_rows = load_prompts(config.eval_data, tokenizer, config.max_prompt_length, config.seed, "eval_data") \
-        if config.eval_data else []
+    eval_rows = load_prompts(config.eval_data, tokenizer, config.max_prompt_length, config.seed, "eval_data",
+                             seq2seq=seq2seq) if config.eval_data else []
     if config.eval_size > 0:
         eval_rows = eval_rows[:config.eval_size]
     reward = build_reward(reward_spec(config), no_eos_penalty=config.no_eos_penalty)
@@ -258,10 +264,10 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
     # reference and masking copies are taken before training changes anything.
     extra = {}
     if spec.value_model:
-        from posttrain.train.rl.algorithms.ppo import ValueModel
+        from posttrain.train.rl.algorithms.ppo import build_value_model
 
         start = config.model if config.value_model == "policy" else config.value_model
-        extra["value"] = (ValueModel.from_spec(start, dtype=config.dtype, zero_head=config.value_model == "policy"),
+        extra["value"] = (build_value_model(start, dtype=config.dtype, zero_head=config.value_model == "policy"),
                           config.value_learning_rate or None)
     value_model = engine.setup(total * config.ppo_epochs * config.num_minibatches, extra).get("value")
     reference = None
@@ -309,9 +315,7 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
         if weights is not None:
             metrics["rollout/tis_weight_mean"] = masked_mean(weights, mask).detach()
         if value_model is not None:
-            inputs = forward_inputs(prompts, completion, tokenizer.pad_token_id, device=device)
-            P = inputs.pop("prompt_length")
-            values = value_model(**inputs)[:, P - 1:P - 1 + completion.shape[1]]
+            values = completion_values(value_model, prompts, completion, tokenizer.pad_token_id, device)
             vloss, vdiag = value_loss(values, b["old_values"][rows_].to(device), b["returns"][rows_].to(device),
                                       mask, clip=config.value_clip or None)
             loss = loss + config.value_coef * vloss * normalizer(micro)  # token-mean value loss, weighted by share
@@ -605,9 +609,7 @@ def _score_batch(rollout: Rollout, policy, reference, mask_model=None, value=Non
                 with policy.disable_adapter():
                     ref.append(token_logps(policy, prompts, completion, mask, pad, config, share, keep)[0].cpu())
         if value is not None:
-            inputs = forward_inputs(prompts, completion, pad, device=device)
-            P = inputs.pop("prompt_length")
-            vals.append(value(**inputs)[:, P - 1:P - 1 + completion.shape[1]].cpu())
+            vals.append(completion_values(value, prompts, completion, pad, device).cpu())
     mask = rollout.completion_mask
     batch["old_logps"] = torch.cat(old) * mask if old else torch.zeros(mask.shape)
     batch["measured"] = torch.full((B,), policy_pass)

@@ -17,7 +17,8 @@ from posttrain.losses.advantages import gae, token_rewards, whiten
 from posttrain.train.rl.algorithms.spec import Advantages
 from posttrain.train.rl.config import RLConfig
 
-__all__ = ["PPOConfig", "ValueModel", "ppo_advantages"]
+__all__ = ["PPOConfig", "ValueModel", "Seq2SeqValueModel", "build_value_model", "completion_values",
+           "ppo_advantages"]
 
 
 @dataclasses.dataclass
@@ -93,3 +94,62 @@ class ValueModel(torch.nn.Module):
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=False).last_hidden_state
         return self.head(hidden).squeeze(-1).float()  # (B, L)
+
+
+class Seq2SeqValueModel(torch.nn.Module):
+    """PPO's critic for an encoder-decoder policy (``models/seq2seq.py``): a separate copy of the
+    policy's encoder-decoder body (``AutoModel``: T5Model, BartModel; no LM head) and a
+    zero-initialised scalar head on the *decoder* states. The value of the state before completion
+    token t is read at decoder position t, which has seen the prompt (through the encoder) and
+    ``[start] + completion[:t]``: the state the causal ``ValueModel`` reads at ``P - 1 + t``."""
+
+    def __init__(self, body, start_id: int):
+        super().__init__()
+        self.backbone, self.start_id, self.config = body, start_id, body.config
+        width = getattr(body.config, "d_model", None) or body.config.hidden_size
+        self.head = torch.nn.Linear(width, 1, dtype=next(body.parameters()).dtype)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_spec(cls, spec: str, dtype: str = "float32") -> "Seq2SeqValueModel":
+        from transformers import AutoModel
+
+        from posttrain.models import resolve_model_path
+        from posttrain.models.loading import DTYPES
+
+        body = AutoModel.from_pretrained(resolve_model_path(spec), dtype="auto" if dtype == "auto" else DTYPES[dtype])
+        start = body.config.decoder_start_token_id
+        return cls(body, int(start if start is not None else body.config.pad_token_id))
+
+    def forward(self, input_ids, attention_mask, decoder_input_ids):
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                               use_cache=False).last_hidden_state
+        return self.head(hidden).squeeze(-1).float()  # (B, T)
+
+
+def build_value_model(spec: str, dtype: str = "float32", zero_head: bool = True) -> torch.nn.Module:
+    """The value model for ``value_model`` = ``spec``: ``Seq2SeqValueModel`` for an encoder-decoder
+    (from the policy's weights only: ``train/seq2seq.py``), else ``ValueModel``."""
+    from posttrain.models.seq2seq import spec_is_encoder_decoder
+
+    if spec_is_encoder_decoder(spec):
+        return Seq2SeqValueModel.from_spec(spec, dtype)
+    return ValueModel.from_spec(spec, dtype=dtype, zero_head=zero_head)
+
+
+def completion_values(value_model, prompt_ids: list[list[int]], completion_ids: torch.Tensor, pad_id: int,
+                      device) -> torch.Tensor:
+    """Values (B, T) of the states before each completion token, from the (possibly wrapped)
+    value model's forward: the causal layout ``models/layout.forward_inputs`` (read at ``P - 1 + t``)
+    or the encoder-decoder one."""
+    from posttrain.models.layout import forward_inputs
+    from posttrain.models.seq2seq import decoder_inputs, encoder_inputs
+
+    bare = getattr(value_model, "module", value_model)
+    if isinstance(bare, Seq2SeqValueModel):
+        return value_model(**encoder_inputs(prompt_ids, pad_id, device),
+                           decoder_input_ids=decoder_inputs(completion_ids, bare.start_id))
+    inputs = forward_inputs(prompt_ids, completion_ids, pad_id, device=device)
+    P = inputs.pop("prompt_length")
+    return value_model(**inputs)[:, P - 1:P - 1 + completion_ids.shape[1]]
