@@ -272,3 +272,8 @@ BUILTINS: dict[str, Callable[..., list[dict]]] = {
     "ifeval_sft": _ifeval("sft"),
     "ifeval_preference": _ifeval("preference"),
 }
+
+# GRUE-style NLG tasks (RL4LMs): commongen_mini, summary_mini (builtin_grue.py imports this module's helpers)
+from posttrain.data.builtin_grue import GRUE_BUILTINS  # noqa: E402
+
+BUILTINS.update(GRUE_BUILTINS)

