@@ -133,3 +133,37 @@ def test_eval_runs_a_builtin_task_on_the_seq2seq_model(tiny_t5_dir, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "eval" / "commongen_mini" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(isinstance(r["completions"][0], str) for r in rows)
     assert "commongen_mini" in json.dumps(result)
+
+
+SFT_COMMON = ["data=[{source: 'builtin:commongen_mini_sft', count: 16}]", "packing=false", "eval_data=[]",
+              "learning_rate=1e-3", "progress=false"]
+
+
+def sft_losses(out) -> list[float]:
+    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def test_seq2seq_sft_on_two_processes_follows_one_process(tiny_t5_dir, tmp_path):
+    from _launch import accelerate_launch
+
+    from posttrain.cli import main
+
+    common = [f"model={tiny_t5_dir}", "max_steps=2", *SFT_COMMON]
+    assert main(["sft", f"out={tmp_path / 'one'}", *common, "batch_size=4"]) == 0
+    proc = accelerate_launch("-m", "posttrain.cli", "sft", f"out={tmp_path / 'two'}", *common, "batch_size=2",
+                             timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    one, two = sft_losses(tmp_path / "one"), sft_losses(tmp_path / "two")
+    assert len(one) == 2 and two == pytest.approx(one, rel=1e-4, abs=1e-6)
+
+
+def test_a_resumed_seq2seq_run_continues_the_same_trajectory(tiny_t5_dir, tmp_path, crash_engine):
+    """The checkpoint holds T5's tied embeddings once (shared.weight); resuming must accept that."""
+    from posttrain.cli import main
+
+    common = [f"model={tiny_t5_dir}", "max_steps=3", "batch_size=4", *SFT_COMMON]
+    assert main(["sft", f"out={tmp_path / 'full'}", *common]) == 0
+    with crash_engine("accumulate_gradients", 3):
+        main(["sft", f"out={tmp_path / 'resumed'}", *common, "save_steps=2"])
+    assert main(["sft", f"out={tmp_path / 'resumed'}", *common, "save_steps=2"]) == 0
+    assert sft_losses(tmp_path / "resumed") == pytest.approx(sft_losses(tmp_path / "full"), rel=1e-6)
