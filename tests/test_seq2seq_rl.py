@@ -5,8 +5,6 @@ reloads with AutoModelForSeq2SeqLM."""
 
 from __future__ import annotations
 
-import json
-
 import torch
 from test_rl import read_metrics, rl_config
 
