@@ -335,6 +335,8 @@ def argparse_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]
 # ---------------------------------------------------------------------------------------------
 
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
+OPTIMIZERS = ("adamw", "sam", "tram")          # train/sam.py
+TRAM_TARGETS = ("pretrained", "previous")
 ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 
@@ -381,6 +383,14 @@ class TrainingOptions(RunOptions):
     lr_schedule: str = opt("linear", f"one of {', '.join(SCHEDULES)}", "Optimization")
     warmup_ratio: float = opt(0.03, "share of steps spent warming the learning rate up from 0", "Optimization")
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 = no clipping)", "Optimization")
+    optimizer: str = opt("adamw", "adamw; sam: sharpness-aware minimisation around AdamW (Foret et al. 2021: the "
+                         "gradient at θ + ρ·g/‖g‖, two forward-backward passes a step); tram: SAM whose ρ is the "
+                         "trust-region distance KL(p_target ‖ p_θ) (Sherborne et al. 2024). docs/finetune_methods.md",
+                         "Optimization")
+    sam_rho: float = opt(0.05, "SAM's neighbourhood radius ρ (optimizer=sam)", "Optimization")
+    tram_target: str = opt("pretrained", "TRAM's trust-region target: pretrained (TRAM-θ0, the starting weights) or "
+                           "previous (TRAM-θt-1, the weights before the last update)", "Optimization")
+    tram_scale: float = opt(1.0, "TRAM: ρ_t = tram_scale × the token-mean KL to the target", "Optimization")
     num_epochs: float = opt(1.0, "passes over the data (ignored when max_steps > 0)", "Optimization")
     max_steps: int = opt(0, "optimizer steps to take; 0 = from num_epochs", "Optimization")
     mixed_precision: str = opt("auto", "auto (bf16 on GPUs that have it, else off), bf16, fp16, no", "Optimization")
@@ -426,5 +436,21 @@ class TrainingOptions(RunOptions):
         if self.attn_implementation not in ATTENTION_CHOICES:
             raise ConfigError(f"attn_implementation={self.attn_implementation!r}: choose one of "
                               f"{', '.join(ATTENTION_CHOICES)}")
+        self._validate_optimizer()
         if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
             raise ConfigError(f"mixed_precision={self.mixed_precision!r}: choose auto, bf16, fp16 or no")
+
+    def _validate_optimizer(self):
+        import math
+
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer={self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if not math.isfinite(self.sam_rho) or self.sam_rho < 0:
+            raise ConfigError(f"sam_rho={self.sam_rho}: SAM's radius must be a number >= 0 (e.g. 0.05; 0 is plain AdamW)")
+        if self.tram_target not in TRAM_TARGETS:
+            raise ConfigError(f"tram_target={self.tram_target!r}: choose one of {', '.join(TRAM_TARGETS)}")
+        if not math.isfinite(self.tram_scale) or self.tram_scale < 0:
+            raise ConfigError(f"tram_scale={self.tram_scale}: must be a number >= 0")
+        if self.optimizer == "tram" and not getattr(self, "next_token_batches", False):
+            raise ConfigError(f"optimizer=tram measures how far the model's next-token distributions moved, and "
+                              f"{type(self).__name__}'s batches are not next-token rows: use optimizer=sam")

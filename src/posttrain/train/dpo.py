@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from typing import ClassVar
 
 from posttrain.config import ConfigError, opt
 from posttrain.losses.preference import LOSS_ALIASES, LOSS_SPECS, PREFERENCE_LOSSES, dpo_loss, loss_spec, \
@@ -77,6 +78,8 @@ class DPOLossOptions:
 @dataclasses.dataclass
 class DPOConfig(DPOLossOptions, PreferenceOptions):
     """``posttrain dpo``: preference optimisation on ``prompt`` / ``chosen`` / ``rejected`` rows."""
+
+    next_token_batches: ClassVar[bool] = True   # optimizer=tram can measure their KL (train/sam.py)
 
     learning_rate: float = opt(5e-6, "peak learning rate (AdamW); DPO wants far less than SFT", "Optimization")
     reference: str = reference_option()

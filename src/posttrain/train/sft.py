@@ -14,7 +14,7 @@ the completion only: plain text for two strings, the chat template for a message
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -36,6 +36,8 @@ SFT_REDUCTIONS = ("sum", "token_mean", "sequence_mean")
 class SFTConfig(TrainingOptions):
     """``posttrain sft``: supervised finetuning on ``messages`` rows (assistant tokens only) or
     prompt-completion rows (completion tokens only)."""
+
+    next_token_batches: ClassVar[bool] = True   # optimizer=tram can measure their KL (train/sam.py)
 
     data: list[Any] = opt(["builtin:arithmetic_sft"], "training sources: a list of specs or "
                           "{source, fraction|count, split} entries (see data/sources.py)", "Data")
