@@ -337,6 +337,7 @@ def argparse_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 OPTIMIZERS = ("adamw", "sam", "tram")          # train/sam.py
 TRAM_TARGETS = ("pretrained", "previous")
+ADAPTERS = ("full", "lora", "prompt", "attempt")   # models/adapters.py for prompt and attempt
 ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 
@@ -377,6 +378,14 @@ class TrainingOptions(RunOptions):
     lora_alpha: int = opt(32, "LoRA alpha", "Model")
     lora_dropout: float = opt(0.05, "LoRA dropout", "Model")
     lora_target_modules: list[str] = opt(["all-linear"], "LoRA target modules (peft names)", "Model")
+    adapter: str = opt("full", "what trains: full (every weight; LoRA when lora_rank > 0), lora (lora_rank, 16 "
+                       "when unset), prompt (a soft prompt of num_virtual_tokens, LM frozen; sft, dpo) or attempt "
+                       "(ATTEMPT's attentional mixture of source_prompts; sft). docs/finetune_methods.md", "Model")
+    num_virtual_tokens: int = opt(20, "adapter=prompt: soft-prompt length (adapter=attempt: the sources')", "Model")
+    source_prompts: list[str] = opt([], "adapter=attempt: model/ folders of runs trained with adapter=prompt on "
+                                    "the same model (frozen; mixed per instance)", "Model")
+    attempt_hidden: int = opt(100, "adapter=attempt: width r of the attention sub-network (d → r → d)", "Model")
+    attempt_temperature: float = opt(0.0, "adapter=attempt: softmax temperature T (0 = d·e, the paper's)", "Model")
     # Optimization
     learning_rate: float = opt(2e-5, "peak learning rate (AdamW)", "Optimization")
     weight_decay: float = opt(0.0, "AdamW weight decay", "Optimization")
@@ -437,6 +446,7 @@ class TrainingOptions(RunOptions):
             raise ConfigError(f"attn_implementation={self.attn_implementation!r}: choose one of "
                               f"{', '.join(ATTENTION_CHOICES)}")
         self._validate_optimizer()
+        self._validate_adapter()
         if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
             raise ConfigError(f"mixed_precision={self.mixed_precision!r}: choose auto, bf16, fp16 or no")
 
@@ -454,3 +464,32 @@ class TrainingOptions(RunOptions):
         if self.optimizer == "tram" and not getattr(self, "next_token_batches", False):
             raise ConfigError(f"optimizer=tram measures how far the model's next-token distributions moved, and "
                               f"{type(self).__name__}'s batches are not next-token rows: use optimizer=sam")
+
+    def _validate_adapter(self):
+        if self.adapter not in ADAPTERS:
+            raise ConfigError(f"adapter={self.adapter!r}: choose one of {', '.join(ADAPTERS)}")
+        if self.adapter == "full" and self.lora_rank > 0:
+            self.adapter = "lora"          # lora_rank alone has always meant LoRA
+        if self.adapter == "lora" and self.lora_rank == 0:
+            self.lora_rank = 16            # adapter=lora is another spelling of LoRA
+        if self.adapter in ("prompt", "attempt"):
+            allowed = getattr(self, "prompt_adapters", ())
+            if self.adapter not in allowed:
+                raise ConfigError(f"adapter={self.adapter} is not available for {type(self).__name__}"
+                                  + (f" (it takes {', '.join(allowed)})" if allowed else "")
+                                  + ": use adapter=lora or full")
+            if self.lora_rank > 0:
+                raise ConfigError(f"adapter={self.adapter} trains a soft prompt with the LM frozen: set lora_rank=0")
+            if self.num_virtual_tokens < 1:
+                raise ConfigError(f"num_virtual_tokens={self.num_virtual_tokens}: must be >= 1")
+        if self.adapter == "attempt":
+            if self.attempt_hidden < 1 or self.attempt_temperature < 0:
+                raise ConfigError("attempt_hidden must be >= 1 and attempt_temperature >= 0 (0 = d·e)")
+            from posttrain.models.adapters import AdapterError, check_source_prompts
+
+            try:   # before any model loads: folders, base model and sizes
+                self.num_virtual_tokens = check_source_prompts(self.source_prompts, self.model)
+            except AdapterError as e:
+                raise ConfigError(f"source_prompts: {e}") from None
+        elif self.source_prompts:
+            raise ConfigError("source_prompts is for adapter=attempt")

@@ -369,6 +369,8 @@ class Engine:
             from peft import set_peft_model_state_dict
 
             set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+        elif (path / "attempt_model.safetensors").exists():   # ATTEMPT (models/adapters.py): the mixture only
+            model.mixture.load_state_dict(load_file(path / "attempt_model.safetensors"))
         else:
             state = {}
             for shard in sorted(path.glob("*.safetensors")):
