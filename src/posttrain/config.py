@@ -335,6 +335,9 @@ def argparse_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]
 # ---------------------------------------------------------------------------------------------
 
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
+OPTIMIZERS = ("adamw", "sam", "tram")          # train/sam.py
+TRAM_TARGETS = ("pretrained", "previous")
+ADAPTERS = ("full", "lora", "prompt", "attempt")   # models/adapters.py for prompt and attempt
 ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 
@@ -375,12 +378,28 @@ class TrainingOptions(RunOptions):
     lora_alpha: int = opt(32, "LoRA alpha", "Model")
     lora_dropout: float = opt(0.05, "LoRA dropout", "Model")
     lora_target_modules: list[str] = opt(["all-linear"], "LoRA target modules (peft names)", "Model")
+    adapter: str = opt("full", "what trains: full (every weight; LoRA when lora_rank > 0), lora (lora_rank, 16 "
+                       "when unset), prompt (a soft prompt of num_virtual_tokens, LM frozen; sft, dpo) or attempt "
+                       "(ATTEMPT's attentional mixture of source_prompts; sft). docs/finetune_methods.md", "Model")
+    num_virtual_tokens: int = opt(20, "adapter=prompt: soft-prompt length (adapter=attempt: the sources')", "Model")
+    source_prompts: list[str] = opt([], "adapter=attempt: model/ folders of runs trained with adapter=prompt on "
+                                    "the same model (frozen; mixed per instance)", "Model")
+    attempt_hidden: int = opt(100, "adapter=attempt: width r of the attention sub-network (d → r → d)", "Model")
+    attempt_temperature: float = opt(0.0, "adapter=attempt: softmax temperature T (0 = d·e, the paper's)", "Model")
     # Optimization
     learning_rate: float = opt(2e-5, "peak learning rate (AdamW)", "Optimization")
     weight_decay: float = opt(0.0, "AdamW weight decay", "Optimization")
     lr_schedule: str = opt("linear", f"one of {', '.join(SCHEDULES)}", "Optimization")
     warmup_ratio: float = opt(0.03, "share of steps spent warming the learning rate up from 0", "Optimization")
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 = no clipping)", "Optimization")
+    optimizer: str = opt("adamw", "adamw; sam: sharpness-aware minimisation around AdamW (Foret et al. 2021: the "
+                         "gradient at θ + ρ·g/‖g‖, two forward-backward passes a step); tram: SAM whose ρ is the "
+                         "trust-region distance KL(p_target ‖ p_θ) (Sherborne et al. 2024). docs/finetune_methods.md",
+                         "Optimization")
+    sam_rho: float = opt(0.05, "SAM's neighbourhood radius ρ (optimizer=sam)", "Optimization")
+    tram_target: str = opt("pretrained", "TRAM's trust-region target: pretrained (TRAM-θ0, the starting weights) or "
+                           "previous (TRAM-θt-1, the weights before the last update)", "Optimization")
+    tram_scale: float = opt(1.0, "TRAM: ρ_t = tram_scale × the token-mean KL to the target", "Optimization")
     num_epochs: float = opt(1.0, "passes over the data (ignored when max_steps > 0)", "Optimization")
     max_steps: int = opt(0, "optimizer steps to take; 0 = from num_epochs", "Optimization")
     mixed_precision: str = opt("auto", "auto (bf16 on GPUs that have it, else off), bf16, fp16, no", "Optimization")
@@ -426,5 +445,51 @@ class TrainingOptions(RunOptions):
         if self.attn_implementation not in ATTENTION_CHOICES:
             raise ConfigError(f"attn_implementation={self.attn_implementation!r}: choose one of "
                               f"{', '.join(ATTENTION_CHOICES)}")
+        self._validate_optimizer()
+        self._validate_adapter()
         if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
             raise ConfigError(f"mixed_precision={self.mixed_precision!r}: choose auto, bf16, fp16 or no")
+
+    def _validate_optimizer(self):
+        import math
+
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer={self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if not math.isfinite(self.sam_rho) or self.sam_rho < 0:
+            raise ConfigError(f"sam_rho={self.sam_rho}: SAM's radius must be a number >= 0 (e.g. 0.05; 0 is plain AdamW)")
+        if self.tram_target not in TRAM_TARGETS:
+            raise ConfigError(f"tram_target={self.tram_target!r}: choose one of {', '.join(TRAM_TARGETS)}")
+        if not math.isfinite(self.tram_scale) or self.tram_scale < 0:
+            raise ConfigError(f"tram_scale={self.tram_scale}: must be a number >= 0")
+        if self.optimizer == "tram" and not getattr(self, "next_token_batches", False):
+            raise ConfigError(f"optimizer=tram measures how far the model's next-token distributions moved, and "
+                              f"{type(self).__name__}'s batches are not next-token rows: use optimizer=sam")
+
+    def _validate_adapter(self):
+        if self.adapter not in ADAPTERS:
+            raise ConfigError(f"adapter={self.adapter!r}: choose one of {', '.join(ADAPTERS)}")
+        if self.adapter == "full" and self.lora_rank > 0:
+            self.adapter = "lora"          # lora_rank alone has always meant LoRA
+        if self.adapter == "lora" and self.lora_rank == 0:
+            self.lora_rank = 16            # adapter=lora is another spelling of LoRA
+        if self.adapter in ("prompt", "attempt"):
+            allowed = getattr(self, "prompt_adapters", ())
+            if self.adapter not in allowed:
+                raise ConfigError(f"adapter={self.adapter} is not available for {type(self).__name__}"
+                                  + (f" (it takes {', '.join(allowed)})" if allowed else "")
+                                  + ": use adapter=lora or full")
+            if self.lora_rank > 0:
+                raise ConfigError(f"adapter={self.adapter} trains a soft prompt with the LM frozen: set lora_rank=0")
+            if self.num_virtual_tokens < 1:
+                raise ConfigError(f"num_virtual_tokens={self.num_virtual_tokens}: must be >= 1")
+        if self.adapter == "attempt":
+            if self.attempt_hidden < 1 or self.attempt_temperature < 0:
+                raise ConfigError("attempt_hidden must be >= 1 and attempt_temperature >= 0 (0 = d·e)")
+            from posttrain.models.adapters import AdapterError, check_source_prompts
+
+            try:   # before any model loads: folders, base model and sizes
+                self.num_virtual_tokens = check_source_prompts(self.source_prompts, self.model)
+            except AdapterError as e:
+                raise ConfigError(f"source_prompts: {e}") from None
+        elif self.source_prompts:
+            raise ConfigError("source_prompts is for adapter=attempt")

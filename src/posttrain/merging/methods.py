@@ -257,10 +257,18 @@ def _pattern_value(patterns: dict, module: str, default):
     return default
 
 
+SOFT_PROMPT_WHY = ("a soft prompt changes no weight: it is input embeddings placed before every row at run "
+                   "time, so there is nothing to fold into the model's weights, and nothing to average with "
+                   "full models. Use the folder as it is (posttrain eval --model FOLDER, or "
+                   "PeftModel.from_pretrained(base, FOLDER))")
+
+
 def _open_lora(folder: Path, lora_base: str | None) -> LoraCheckpoint:
     from safetensors.torch import load_file
 
     config = json.loads((folder / "adapter_config.json").read_text())
+    if config.get("peft_type") == "PROMPT_TUNING":
+        raise MergeError(f"{folder}: {SOFT_PROMPT_WHY}")
     if config.get("peft_type", "LORA") != "LORA":
         raise MergeError(f"{folder}: a {config['peft_type']} adapter; only LoRA adapters can be merged here")
     unsupported = [key for key in ("use_dora", "modules_to_save", "trainable_token_indices", "lora_bias",
@@ -321,6 +329,8 @@ def open_checkpoint(spec: str | Path, lora_base: str | None = None) -> Checkpoin
     """A lazy view of a model: a full model (any spec) or a LoRA adapter folder (merged into its base,
     ``lora_base`` or the ``base_model_name_or_path`` of its adapter_config.json)."""
     folder = _local_folder(spec)
+    if (folder / "attempt_config.json").exists():
+        raise MergeError(f"{folder}: an ATTEMPT adapter; {SOFT_PROMPT_WHY}")
     if (folder / "adapter_config.json").exists():
         return _open_lora(folder, lora_base)
     return _open_full(folder)

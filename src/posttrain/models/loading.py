@@ -40,7 +40,7 @@ def resolve_model_path(spec: str) -> str:
         if path.is_file() and path.suffix == ".gguf":
             return str(embedded.gguf_model_dir(path))
         if path.is_dir():
-            if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            if not any((path / name).exists() for name in ("config.json", "adapter_config.json", "attempt_config.json")):
                 raise ModelError(f"model folder {path} has no config.json: is it a Hugging Face model folder?")
             return str(path)
         raise ModelError(f"model path {path} is a file but not a .gguf: give a Hugging Face folder or a .gguf file")
@@ -107,6 +107,9 @@ def load_model(spec: str, dtype: str = "float32", gradient_checkpointing: bool =
     if dtype not in DTYPES and dtype != "auto":
         raise ModelError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
     path = resolve_model_path(spec)
+    prompt_adapter = _prompt_adapter_kind(path)
+    if prompt_adapter is not None:   # a soft prompt / ATTEMPT folder: its base model, then the adapter
+        return _load_prompt_adapter(path, prompt_adapter, dtype, device)
     torch_dtype = "auto" if dtype == "auto" else DTYPES[dtype]
     cls = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
     if task == "causal_lm" and spec_is_encoder_decoder(path):
@@ -129,6 +132,34 @@ def load_model(spec: str, dtype: str = "float32", gradient_checkpointing: bool =
     if device is not None:
         model.to(device)
     return model
+
+
+def _prompt_adapter_kind(path: str) -> str | None:
+    """``prompt`` / ``attempt`` for a saved soft-prompt or ATTEMPT folder (models/adapters.py), else None."""
+    folder = Path(path)
+    if (folder / "attempt_config.json").exists():
+        return "attempt"
+    config = folder / "adapter_config.json"
+    if config.exists():
+        import json
+
+        if json.loads(config.read_text()).get("peft_type") == "PROMPT_TUNING":
+            return "prompt"
+    return None
+
+
+def _load_prompt_adapter(path: str, kind: str, dtype: str, device):
+    import json
+
+    from posttrain.models import adapters
+
+    name = "attempt_config.json" if kind == "attempt" else "adapter_config.json"
+    base_spec = json.loads((Path(path) / name).read_text()).get("base_model_name_or_path")
+    if not base_spec:
+        raise ModelError(f"{path}: {name} names no base model (base_model_name_or_path)")
+    base = load_model(base_spec, dtype=dtype, device=device)
+    model = adapters.load_attempt(path, base) if kind == "attempt" else adapters.load_prompt_adapter(path, base)
+    return model.to(device) if device is not None else model
 
 
 def apply_lora(model, rank: int = 16, alpha: int = 32, dropout: float = 0.05,

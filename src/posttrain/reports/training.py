@@ -91,7 +91,35 @@ def write_training_report(run_dir: Path, title: str, extra: dict | None = None) 
         lines.append("")
     if plotted:
         lines += ["![curves](curves.png)", ""]
+    lines += attention_section(train, run_dir)
     lines += ["Config: `config.yaml`; per-step metrics: `metrics.jsonl`; final model: `model/`.", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def attention_section(records: list[dict], run_dir: Path) -> list[str]:
+    """ATTEMPT runs (``attention/<prompt>`` metrics): the mean attention of the training instances
+    on each source prompt and on the target, as a table and a bar chart (``attention.png``) — the
+    paper's reading of which source tasks a target draws on. Nothing for other runs."""
+    names = sorted({k for r in records for k in r if k.startswith("attention/")},
+                   key=lambda k: (k == "attention/target", k))
+    if not names:
+        return []
+    means = {k[len("attention/"):]: sum(r[k] for r in records if k in r) / sum(1 for r in records if k in r)
+             for k in names}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(means) + 2, 3))
+    ax.bar(list(means), list(means.values()), color="C2")
+    ax.set_ylabel("mean attention")
+    ax.set_title("ATTEMPT: attention per prompt (mean over training steps)")
+    fig.tight_layout()
+    fig.savefig(run_dir / "attention.png", dpi=110)
+    plt.close(fig)
+    return (["ATTEMPT mean attention per prompt (over the training steps' instances):", "",
+             "| prompt | mean attention |", "|---|---|"]
+            + [f"| {name} | {value:.3f} |" for name, value in means.items()] + ["", "![attention](attention.png)", ""])

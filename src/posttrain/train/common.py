@@ -31,7 +31,8 @@ def prepare_run(options: TrainingOptions, command: str) -> Path:
 
 
 def load_policy(options: TrainingOptions):
-    """The trainable model (with LoRA when ``lora_rank`` > 0) and its tokenizer with the template set.
+    """The trainable model and its tokenizer with the template set: every weight, LoRA (``lora_rank``
+    > 0), a soft prompt (``adapter=prompt``) or ATTEMPT (``adapter=attempt``) on the frozen model.
     An encoder-decoder config loads with ``AutoModelForSeq2SeqLM`` (``models/loading.load_model``)."""
     from posttrain.models import apply_lora, load_model, load_tokenizer
 
@@ -46,6 +47,15 @@ def load_policy(options: TrainingOptions):
                            target_modules=options.lora_target_modules[0] if options.lora_target_modules == ["all-linear"]
                            else options.lora_target_modules,
                            task_type="SEQ_2_SEQ_LM" if is_encoder_decoder(model) else "CAUSAL_LM")
+    adapter = getattr(options, "adapter", "full")
+    if adapter == "prompt":
+        from posttrain.models.adapters import apply_prompt_tuning
+
+        model = apply_prompt_tuning(model, options.num_virtual_tokens)
+    elif adapter == "attempt":
+        from posttrain.models.adapters import apply_attempt
+
+        model = apply_attempt(model, options.source_prompts, options.attempt_hidden, options.attempt_temperature or None)
     return model, tokenizer
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from typing import ClassVar
 
 from posttrain.config import ConfigError, opt
 from posttrain.losses.preference import LOSS_ALIASES, LOSS_SPECS, PREFERENCE_LOSSES, dpo_loss, loss_spec, \
@@ -78,6 +79,9 @@ class DPOLossOptions:
 class DPOConfig(DPOLossOptions, PreferenceOptions):
     """``posttrain dpo``: preference optimisation on ``prompt`` / ``chosen`` / ``rejected`` rows."""
 
+    next_token_batches: ClassVar[bool] = True   # optimizer=tram can measure their KL (train/sam.py)
+    prompt_adapters: ClassVar[tuple[str, ...]] = ("prompt",)   # models/adapters.py
+
     learning_rate: float = opt(5e-6, "peak learning rate (AdamW); DPO wants far less than SFT", "Optimization")
     reference: str = reference_option()
     chunked_loss: bool = chunked_loss_option()
@@ -87,6 +91,9 @@ class DPOConfig(DPOLossOptions, PreferenceOptions):
         super().validate()
         self.check_dpo_loss()
         check_reference(self)
+        if self.adapter == "prompt" and self.share_prompts:
+            raise ConfigError("adapter=prompt puts the soft prompt before each row, and share_prompts runs a pair's "
+                              "prompt once through a KV cache without it: add share_prompts=false")
         if not 0 < self.max_prompt_length < self.max_length:
             raise ConfigError(f"max_prompt_length={self.max_prompt_length} must lie in (0, max_length="
                               f"{self.max_length}) so every response keeps some tokens")

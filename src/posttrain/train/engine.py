@@ -3,7 +3,8 @@
 A trainer hands ``Engine.fit`` the number of training *units* (packed rows, pairs, …), a
 ``collate`` that turns unit indices into a batch, and a ``step_fn(model, batch) -> (numerator,
 metrics)``. The engine owns everything else: accelerate (DDP / FSDP / DeepSpeed, gloo on CPU),
-AdamW and the schedule, gradient accumulation, clipping, mixed precision, seeded data order,
+AdamW (or SAM / TRAM around it: ``optimizer=``, ``train/sam.py``) and the schedule, gradient
+accumulation, clipping, mixed precision, seeded data order,
 checkpoints (HF model + optimizer + scheduler + RNG + data position, written atomically, newest K
 kept), exact resume, ``metrics.jsonl``, a rich progress bar, tensorboard/W&B, and a NaN guard.
 A loss that needs a quantity of the whole step before any micro-batch's backward (KTO's KL
@@ -147,6 +148,7 @@ class Engine:
         self.accelerator = accelerator or make_accelerator(options)
         self.model = model
         self.trainables: list[Trainable] = []   # set by setup: [policy, *extra models]
+        self.sharpness = None                    # optimizer=sam|tram: train/sam.py's second pass (set by setup)
         self.state = TrainState()
         self.is_main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
@@ -292,6 +294,8 @@ class Engine:
                 f"Last good checkpoint: {self.latest_checkpoint() or 'none yet'}. Lower learning_rate, check "
                 f"the data or the reward, or use a wider dtype.")
         record = {"loss": loss, "lr": self.trainables[0].scheduler.get_last_lr()[0], **metrics}
+        if self.sharpness is not None:   # SAM / TRAM: .grad becomes ∇L at θ + ε̂ (train/sam.py)
+            record.update(self.sharpness.perturbed_gradients(self, micro_batches, step_fn, normalizer_fn))
         for i, t in enumerate(self.trainables):
             if o.max_grad_norm > 0:
                 norm = float(acc.clip_grad_norm_(t.model.parameters(), o.max_grad_norm))
@@ -336,7 +340,8 @@ class Engine:
             torch.save({"optimizers": [None if self.sharded else t.optimizer.state_dict() for t in self.trainables],
                         "schedulers": [t.scheduler.state_dict() for t in self.trainables],
                         "models": dict(extras), "extra": extra_state.state_dict() if extra_state else None,
-                        "state": vars(self.state), "world": self.world}, tmp / "trainer_state.pt")
+                        "state": vars(self.state), "world": self.world,
+                        "sharpness": self.sharpness.state_dict() if self.sharpness else None}, tmp / "trainer_state.pt")
             from posttrain.train.run_folder import write_manifest
 
             write_manifest(tmp)  # file sizes, checked on resume (a truncated checkpoint is skipped)
@@ -364,6 +369,8 @@ class Engine:
             from peft import set_peft_model_state_dict
 
             set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+        elif (path / "attempt_model.safetensors").exists():   # ATTEMPT (models/adapters.py): the mixture only
+            model.mixture.load_state_dict(load_file(path / "attempt_model.safetensors"))
         else:
             state = {}
             for shard in sorted(path.glob("*.safetensors")):
@@ -394,6 +401,8 @@ class Engine:
             t.scheduler.load_state_dict(sched_state)
             if t.name in blob["models"]:
                 self.unwrapped(t.model).load_state_dict(blob["models"][t.name])
+        if self.sharpness is not None:
+            self.sharpness.load_state_dict(blob.get("sharpness"))
         if extra_state is not None:
             extra_state.load_state_dict(blob["extra"])
         self.state = TrainState(**blob["state"])
@@ -442,6 +451,14 @@ class Engine:
             self.trainables.append(Trainable(model, optimizer, scheduler, name))
             prepared[name] = model
         self.model = self.trainables[0].model
+        if getattr(self.options, "optimizer", "adamw") != "adamw":
+            from posttrain.train.sam import SharpnessAware
+
+            if self.sharded:
+                raise TrainingError(f"optimizer={self.options.optimizer} perturbs whole parameters between two "
+                                    f"passes; with FSDP / DeepSpeed each process holds only a shard: use DDP")
+            self.sharpness = SharpnessAware(self.options)
+            self.sharpness.start(self)
         return {k: v for k, v in prepared.items() if k != "model"}
 
     def total_steps(self, num_units: int) -> int:

@@ -60,6 +60,8 @@ SHOWN = ("loss", "accuracy", "margin", "kl")  # start-of-training eval values pr
 class KTOConfig(PreferenceDataOptions):
     """``posttrain kto``: KTO on ``prompt`` / ``completion`` / ``label`` rows (or unpaired preference rows)."""
 
+    next_token_batches: ClassVar[bool] = True   # optimizer=tram can measure their KL (train/sam.py)
+
     data_kind: ClassVar[str] = "unpaired"   # how preflight checks the rows (data.formats.VALIDATORS)
 
     learning_rate: float = opt(5e-6, "peak learning rate (AdamW); KTO, like DPO, wants far less than SFT",

@@ -28,6 +28,7 @@ final EOS, as in DPO.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from posttrain.config import ConfigError, opt
 from posttrain.losses.preference import orpo_loss
@@ -40,6 +41,8 @@ SHOWN = ("loss", "nll", "accuracy", "log_odds_ratio")  # start-of-training eval 
 @dataclasses.dataclass
 class ORPOConfig(PreferenceOptions):
     """``posttrain orpo``: ORPO on ``prompt`` / ``chosen`` / ``rejected`` rows, no reference model."""
+
+    next_token_batches: ClassVar[bool] = True   # optimizer=tram can measure their KL (train/sam.py)
 
     learning_rate: float = opt(5e-6, "peak learning rate (AdamW)", "Optimization")
     orpo_lambda: float = opt(0.1, "λ: weight of the odds-ratio term next to the chosen response's NLL (paper 0.1; "

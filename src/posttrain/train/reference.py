@@ -38,6 +38,11 @@ def check_reference(config) -> None:
     """The checks of ``config.reference`` every trainer with a reference shares."""
     if config.reference not in REFERENCES:
         raise ConfigError(f"reference={config.reference!r}: choose one of {', '.join(REFERENCES)}")
+    if getattr(config, "adapter", "full") == "prompt":
+        if config.reference == "precomputed":   # its cache is keyed on the base model, not on the initial prompt
+            raise ConfigError("adapter=prompt: use reference=lora_base (the model without its soft prompt) or "
+                              "reference=copy (the policy with its initial prompt), not precomputed")
+        return
     if config.reference == "lora_base" and config.lora_rank <= 0:
         raise ConfigError("reference=lora_base runs the policy with its adapters disabled, so it needs "
                           "lora_rank > 0; use reference=precomputed or copy for full finetuning")

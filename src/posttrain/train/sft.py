@@ -17,7 +17,7 @@ Encoder-decoder models (T5, BART): the prompt is the encoder input and the compl
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,6 +29,7 @@ from posttrain.losses.linear_ce import linear_cross_entropy
 from posttrain.losses.sft import IGNORE_INDEX, sft_normalizer, sft_token_weights, token_nll
 from posttrain.train.common import load_policy, log, prepare_run
 from posttrain.train.engine import Engine
+from posttrain.models.adapters import prompt_pooling
 from posttrain.models.lm_head import labelled_head_inputs
 from posttrain.models.seq2seq import decoder_start_id, is_encoder_decoder
 
@@ -40,6 +41,9 @@ SFT_REDUCTIONS = ("sum", "token_mean", "sequence_mean")
 class SFTConfig(TrainingOptions):
     """``posttrain sft``: supervised finetuning on ``messages`` rows (assistant tokens only) or
     prompt-completion rows (completion tokens only)."""
+
+    next_token_batches: ClassVar[bool] = True   # optimizer=tram can measure their KL (train/sam.py)
+    prompt_adapters: ClassVar[tuple[str, ...]] = ("prompt", "attempt")   # models/adapters.py
 
     data: list[Any] = opt(["builtin:arithmetic_sft"], "training sources: a list of specs or "
                           "{source, fraction|count, split} entries (see data/sources.py)", "Data")
@@ -58,6 +62,9 @@ class SFTConfig(TrainingOptions):
             raise ConfigError(f"loss_reduction={self.loss_reduction!r}: choose one of {', '.join(SFT_REDUCTIONS)}")
         if self.max_length < 2:
             raise ConfigError(f"max_length={self.max_length}: must be >= 2 tokens")
+        if self.adapter in self.prompt_adapters and self.packing:
+            raise ConfigError(f"adapter={self.adapter} puts a soft prompt before each row, and a packed row holds "
+                              f"several conversations that would share one: add packing=false")
 
 
 def weighted_token_nll(model, batch: dict, weights_BT: torch.Tensor, chunked: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +106,8 @@ def heldout_loss(model, batches: SFTBatches, batch_size: int, chunked: bool = Tr
         batch = batches(list(range(start, min(start + batch_size, len(batches)))))
         batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
         mask = (batch["labels"][:, 1:] != IGNORE_INDEX).float()
-        _, nll = weighted_token_nll(model, batch, mask, chunked)
+        with prompt_pooling(model, batch):   # ATTEMPT reads the prompt as in training (else a no-op)
+            _, nll = weighted_token_nll(model, batch, mask, chunked)
         total += float(nll.sum())
         count += int(mask.sum())
     return {"loss": total / max(count, 1)}
@@ -133,7 +141,12 @@ def run_sft(config: SFTConfig, command: str = "posttrain sft"):
         eval_fn = lambda m: heldout_loss(m, eval_batches, config.batch_size, config.chunked_loss)  # noqa: E731
 
     # --- train
-    last = engine.fit(len(batches), batches, sft_step(config.loss_reduction, config.chunked_loss),
+    step = sft_step(config.loss_reduction, config.chunked_loss)
+    if config.adapter == "attempt":   # x̂ pools over the prompt; log the attention per source
+        from posttrain.models.adapters import instance_pooling
+
+        step = instance_pooling(step)
+    last = engine.fit(len(batches), batches, step,
                       normalizer_fn=sft_normalizer_fn(config.loss_reduction), eval_fn=eval_fn, description="sft")
     out = engine.save_final()
     if main:
