@@ -172,6 +172,10 @@ def test_grpo_with_tools_trains_on_episodes_and_changes_parameters(eos_model_dir
     assert first["reward/environment"] > 0   # NudgeEnvironment pays 0.25 a step
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert any("Go on." in s["episode"] for s in samples)
+    report = json.loads((tmp_path / "run" / "reward_report_inputs.json").read_text())
+    assert report["reward_components"][-1]["kind"] == "environment" and report["episodes"]["max_turns"] == 4
+    assert f"- `environment` (unweighted, mean per step): first {first['reward/environment']:.3f}" in \
+        (tmp_path / "run" / "reward_report.md").read_text()
     before, after = load_file(f"{eos_model_dir}/model.safetensors"), load_file(tmp_path / "run" / "model" /
                                                                                "model.safetensors")
     assert any(not torch.equal(before[k], after[k].to(before[k].dtype)) for k in before)
