@@ -185,6 +185,7 @@ def test_grpo_with_tools_trains_on_episodes_and_changes_parameters(eos_model_dir
     ({"tools": ["calculator"], "environment": "calculator"}, "not both"),
     ({"tools": ["calculator"], "rollout_backend": "vllm-server", "vllm_server_urls": ["http://node2:8000"]},
      "do not support rollout_backend=vllm-server"),
+    ({"environment": "calculator", "placement": "ray"}, "do not support placement=ray yet: use placement=local"),
     ({"tools": ["calculator"], "max_episode_tokens": 4}, "max_episode_tokens=4 is below"),
 ])
 def test_unsupported_tool_options_are_refused(overrides, message, tiny_model_dir, tmp_path):
