@@ -7,6 +7,7 @@ Usage: python episodes_eval.py MODEL_DIR OUT.jsonl [N]   (one line per item and 
 """
 
 import json
+import os
 import sys
 
 from transformers import AutoTokenizer
@@ -30,7 +31,7 @@ def main(model_dir: str, out: str, n: int = 150):
     episodes = MultiTurnRollout(backend, tokenizer, make_environment, tools, EnvironmentPool(), MAX_TURNS,
                                 2 * MAX_TURNS * MAX_NEW_TOKENS)
     verify = get_verifier("gsm8k")
-    with open(out, "w") as f:
+    with open(out + ".part", "w") as f:   # renamed when complete: run.sh skips only finished evaluations
         for decoding in ("greedy", "sampled"):
             greedy = decoding == "greedy"
             # sampled: one episode per item at T = 1, seeded by the item's index (the same draw for every model)
@@ -41,6 +42,7 @@ def main(model_dir: str, out: str, n: int = 150):
                 f.write(json.dumps({"id": f"arith_tools-{i}", "decoding": decoding, "ground_truth": row["ground_truth"],
                                     "final": text, "end": end, "calls": result.transcripts[i].count("<tool_call>"),
                                     "score": verify(text, row["ground_truth"]).score}) + "\n")
+    os.replace(out + ".part", out)
 
 
 if __name__ == "__main__":
