@@ -172,6 +172,10 @@ def test_grpo_with_tools_trains_on_episodes_and_changes_parameters(eos_model_dir
     assert first["reward/environment"] > 0   # NudgeEnvironment pays 0.25 a step
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert any("Go on." in s["episode"] for s in samples)
+    report = json.loads((tmp_path / "run" / "reward_report_inputs.json").read_text())
+    assert report["reward_components"][-1]["kind"] == "environment" and report["episodes"]["max_turns"] == 4
+    assert f"- `environment` (unweighted, mean per step): first {first['reward/environment']:.3f}" in \
+        (tmp_path / "run" / "reward_report.md").read_text()
     before, after = load_file(f"{eos_model_dir}/model.safetensors"), load_file(tmp_path / "run" / "model" /
                                                                                "model.safetensors")
     assert any(not torch.equal(before[k], after[k].to(before[k].dtype)) for k in before)
@@ -181,6 +185,7 @@ def test_grpo_with_tools_trains_on_episodes_and_changes_parameters(eos_model_dir
     ({"tools": ["calculator"], "environment": "calculator"}, "not both"),
     ({"tools": ["calculator"], "rollout_backend": "vllm-server", "vllm_server_urls": ["http://node2:8000"]},
      "do not support rollout_backend=vllm-server"),
+    ({"environment": "calculator", "placement": "ray"}, "do not support placement=ray yet: use placement=local"),
     ({"tools": ["calculator"], "max_episode_tokens": 4}, "max_episode_tokens=4 is below"),
 ])
 def test_unsupported_tool_options_are_refused(overrides, message, tiny_model_dir, tmp_path):

@@ -150,3 +150,68 @@ def test_mixed_components_are_each_described_with_the_dominance_caveat(tmp_path,
         assert claim in text
     assert "total reward = 1.0 × gsm8k + 0.5 × reward_model − 1.0 for a completion cut off" in text
     assert "dominates that sum" in text
+
+
+def _episode_run(run_dir, config, env_rewards: list[float]):
+    """A fake multi-turn run: the components and episode block the trainer records for ``config``."""
+    from posttrain.train.rl.trainer import episode_reward_component
+
+    components = build_reward([{"verifier": "gsm8k"}]).describe() + [episode_reward_component(config)]
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": i + 1, "reward_mean": 0.5 + e, "reward/gsm8k": 0.5, "reward/environment": e}) + "\n"
+        for i, e in enumerate(env_rewards)))
+    (run_dir / "reward_report_inputs.json").write_text(json.dumps(
+        {"algorithm": "grpo", "model": "m", "reward_components": components,
+         "episodes": {"environment": config.environment, "tools": config.tools, "max_turns": config.max_turns,
+                      "max_new_tokens": config.max_new_tokens, "max_episode_tokens": config.max_episode_tokens}}))
+    return components, write_reward_report(run_dir).read_text()
+
+
+def test_a_tool_run_reports_its_whole_reward_as_the_final_answers(tiny_model_dir, tmp_path):
+    config = rl_config(GRPOConfig, tiny_model_dir, tmp_path / "x", tools=["calculator"], max_turns=3,
+                       max_episode_tokens=96)
+    components, text = _episode_run(tmp_path / "tools", config, [0.0, 0.0])
+    env = components[-1]
+    assert (env["kind"], env["weight"], env["low"], env["high"], env["step_rewards"]) == \
+        ("environment", 1.0, 0.0, 0.0, False)
+    assert "multi-turn episode (tools `calculator`; up to 3 model turns, 8 tokens a turn, 96 in all)" in text
+    assert "From the final answer: `gsm8k` score(s) only the episode's last model turn" in text
+    assert "From the environment: nothing (a tool environment returns step reward 0" in text
+    assert "| environment | environment | `tools: calculator` | 1.0 | always 0 (no step rewards) |" in text
+    assert "total reward = 1.0 × gsm8k + 1.0 × environment." in text
+    assert "- `environment` (unweighted, mean per step): first 0.000, last 0.000" in text
+    # the built-in tool as a one-tool environment is the same tool environment
+    config = rl_config(GRPOConfig, tiny_model_dir, tmp_path / "y", environment="calculator", max_episode_tokens=96)
+    components, _ = _episode_run(tmp_path / "env-calculator", config, [0.0])
+    assert components[-1]["step_rewards"] is False and components[-1]["target"] == "calculator"
+
+
+def test_an_environment_run_reports_its_step_rewards_apart_from_the_final_answer(tiny_model_dir, tmp_path):
+    config = rl_config(GRPOConfig, tiny_model_dir, tmp_path / "x", environment="test_tools:NudgeEnvironment",
+                       max_episode_tokens=40)
+    components, text = _episode_run(tmp_path / "env", config, [0.25, 0.5])
+    env = components[-1]
+    assert (env["kind"], env["low"], env["high"], env["step_rewards"]) == ("environment", None, None, True)
+    assert "multi-turn episode (environment `test_tools:NudgeEnvironment`; up to 4 model turns" in text
+    assert "From the final answer: `gsm8k` score(s) only the episode's last model turn" in text
+    assert "From the environment: the sum of its step rewards over the episode, weight 1" in text
+    assert "- `environment` (unweighted, mean per step): first 0.250, last 0.500" in text
+    assert "- `gsm8k` (unweighted, mean per step): first 0.500, last 0.500" in text
+    assert "collect them turn after turn" in text   # the environment's risk, not a verifier's
+
+
+def test_a_single_turn_run_has_no_environment_component(tiny_model_dir, tmp_path):
+    from posttrain.train.rl.trainer import write_reward_report_inputs
+
+    config = rl_config(GRPOConfig, tiny_model_dir, tmp_path / "x")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "metrics.jsonl").write_text("")
+
+    class KL:
+        value = 0.0
+
+    inputs = json.loads(write_reward_report_inputs(tmp_path / "x", config, build_reward(config.reward), KL).read_text())
+    assert "episodes" not in inputs and all(c["kind"] != "environment" for c in inputs["reward_components"])
+    text = write_reward_report(tmp_path / "x").read_text()
+    assert "multi-turn episode" not in text and "From the environment" not in text

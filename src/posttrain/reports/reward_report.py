@@ -134,6 +134,28 @@ def _intent_lines(comps: list[dict], no_eos_penalty: float) -> list[str]:
     return lines
 
 
+def _episode_lines(episodes: dict, comps: list[dict]) -> list[str]:
+    """Multi-turn runs: which part of the reward reads the final answer and which the episode."""
+    if not episodes:
+        return []
+    setup = (f"environment `{episodes['environment']}`" if episodes.get("environment") else
+             "tools " + ", ".join(f"`{t}`" for t in episodes.get("tools", [])))
+    answer = [c["name"] for c in comps if c.get("kind") != "environment"]
+    env = next((c for c in comps if c.get("kind") == "environment"), None)
+    lines = ["", f"Each rollout is a multi-turn episode ({setup}; up to {episodes.get('max_turns')} model turns, "
+             f"{episodes.get('max_new_tokens')} tokens a turn, {episodes.get('max_episode_tokens')} in all)."]
+    if answer:
+        lines.append("From the final answer: " + ", ".join(f"`{n}`" for n in answer) + " score(s) only the episode's "
+                     "last model turn; earlier turns, tool calls and tool results are not scored.")
+    if env is not None and env.get("step_rewards") is False:
+        lines.append("From the environment: nothing (a tool environment returns step reward 0; "
+                     "`reward/environment` is 0 at every step).")
+    elif env is not None:
+        lines.append("From the environment: the sum of its step rewards over the episode, weight 1 "
+                     "(`reward/environment`, its per-step mean below beside the other components').")
+    return lines
+
+
 def _kl_lines(kl: dict) -> list[str]:
     if not kl:
         return ["- Not recorded."]
@@ -179,6 +201,7 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
              f"- Sampling: `{json.dumps(inputs.get('sampling', {}))}`.", "",
              "## Optimisation intent", ""]
     lines += _intent_lines(comps, inputs.get("no_eos_penalty", 0.0))
+    lines += _episode_lines(inputs.get("episodes", {}), comps)
     lines += ["", "## Reward components", "", "| component | kind | target | weight | values | measures |",
               "|---|---|---|---|---|---|"]
     for c in comps:

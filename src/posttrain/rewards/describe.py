@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = ["RewardDescription", "describe_component", "verifier_description", "reward_model_description",
-           "function_description", "judge_description", "classifier_description"]
+           "function_description", "judge_description", "classifier_description", "environment_description"]
 
 
 @dataclass
@@ -200,6 +200,35 @@ def classifier_description(spec: str, label: str, index: int, input: str = "resp
                "label-typical words, degenerate phrases): the classifier is a learned proxy with blind spots. The KL "
                "penalty to the reference and reading the completions are the guards."],
         details={"label": label, "label_index": index, "input": input})
+
+
+def environment_description(environment: str, tools: list[str], pays_step_rewards: bool) -> RewardDescription:
+    """The environment's share of a multi-turn episode's reward (``train/rl/multiturn.py``): the
+    sum of its step rewards, added with weight 1 to the components that score the final answer.
+    ``pays_step_rewards`` is False for a tool environment (``tools=[…]`` or a built-in tool
+    name), whose steps run the calls and return reward 0, so it contributes nothing."""
+    shown = ", ".join(f"`{t}`" for t in tools)
+    if not pays_step_rewards:
+        return RewardDescription(
+            kind="environment", target=environment or f"tools: {', '.join(tools)}",
+            measures="nothing: a tool environment's steps return reward 0", low=0.0, high=0.0,
+            values="always 0 (no step rewards)",
+            intent=(f"The tool environment ({shown}) runs the model's calls and returns their results; every step "
+                    "reward is 0, so it adds nothing to the reward: the whole reward comes from the other "
+                    "components, which score the episode's last model turn (its final answer)."),
+            details={"environment": environment, "tools": list(tools), "step_rewards": False})
+    return RewardDescription(
+        kind="environment", target=environment,
+        measures="the environment's own step rewards, summed over the episode", low=None, high=None,
+        values="not declared (the environment's code)",
+        intent=(f"The environment `{environment}` rewards each step of the episode (each model turn it is sent); the "
+                "step rewards, summed over the episode, are added to the reward with weight 1 "
+                "(`reward/environment`). posttrain does not know what they pay for or their range: the per-step "
+                "values logged below are the evidence of what it paid."),
+        risks=["Step rewards pay for whatever the environment's code rewards on each turn: a policy can collect them "
+               "turn after turn (up to max_turns) without reaching the goal the final answer is checked for. Read "
+               "the episodes in samples.jsonl."],
+        details={"environment": environment, "tools": list(tools), "step_rewards": True})
 
 
 def describe_component(fn) -> RewardDescription:

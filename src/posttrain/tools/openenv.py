@@ -49,7 +49,11 @@ class OpenEnvEnvironment:
         from openenv.core.generic_client import GenericEnvClient
 
         self.base_url, self.action_field, self.observation_field = base_url, action_field, observation_field
-        self.client = GenericEnvClient(base_url=base_url).sync()
+        client = GenericEnvClient(base_url=base_url)
+        # openenv-core 0.3 made the client async and added ``.sync()`` for a blocking wrapper with
+        # the same methods; 0.2's client is blocking already (the lock pins 0.2.1: 0.3 pulls gradio,
+        # which caps pillow below 13).
+        self.client = client.sync() if hasattr(client, "sync") else client
 
     def reset(self, row: dict) -> list[dict]:
         self.client.connect()

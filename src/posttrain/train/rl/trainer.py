@@ -635,6 +635,19 @@ def _write_samples(path: Path, engine: Engine, rollout: Rollout, scores_B: torch
                                 "reward": float(scores_B[i]), "finished": bool(rollout.finished[i])}) + "\n")
 
 
+def episode_reward_component(config: RLConfig) -> dict:
+    """The ``environment`` component of a multi-turn run's reward (``reward/environment``, weight
+    1): a tool environment (``tools=[…]`` or a built-in tool name) pays no step reward; any other
+    environment pays what its ``step`` returns."""
+    from posttrain.rewards.describe import environment_description
+    from posttrain.tools.spec import BUILTIN_TOOLS
+
+    tool_environment = not config.environment or config.environment in BUILTIN_TOOLS
+    tools = [str(t) for t in config.tools] or ([config.environment] if tool_environment else [])
+    return environment_description(config.environment, tools, pays_step_rewards=not tool_environment
+                                   ).as_dict("environment", 1.0)
+
+
 def write_reward_report_inputs(run_dir: Path, config: RLConfig, reward, kl_controller) -> Path:
     """``reward_report_inputs.json``: what was optimised (each reward component's description) and
     how it tracked held-out accuracy; ``reports.reward_report.write_reward_report`` renders it."""
@@ -659,6 +672,11 @@ def write_reward_report_inputs(run_dir: Path, config: RLConfig, reward, kl_contr
                    k.startswith("reward/")} for r in train],
         "heldout": [{"step": r["step"], "accuracy": r["eval_accuracy"], "n": r.get("eval_n")} for r in evals],
     }
+    if config.multi_turn:   # the environment's step rewards are a reward component of their own (docs/tools.md)
+        blob["reward_components"] = blob["reward_components"] + [episode_reward_component(config)]
+        blob["episodes"] = {"environment": config.environment, "tools": list(config.tools),
+                            "max_turns": config.max_turns, "max_new_tokens": config.max_new_tokens,
+                            "max_episode_tokens": config.max_episode_tokens}
     path = Path(run_dir) / "reward_report_inputs.json"
     path.write_text(json.dumps(blob, indent=2, default=str))
     return path
