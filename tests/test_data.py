@@ -260,3 +260,27 @@ def test_arithmetic_preference_mistakes_are_the_named_kinds():
     assert kinds.count("operation") > 20 and kinds.count("dropped_step") > 10
     with pytest.raises(ValueError, match="mistakes=.*choose from slip, operation, dropped_step"):
         arithmetic_preference(n=2, mistakes=["typo"])
+
+
+def test_arithmetic_shift_is_seeded_and_off_the_difficulty3_training_distribution():
+    import re
+
+    from posttrain.data.builtin import arithmetic_sft, arithmetic_shift
+    from posttrain.evaluation.tasks import TASKS, TaskContext
+
+    rows = arithmetic_shift(n=150)
+    assert rows == arithmetic_shift(n=150) and rows != arithmetic_shift(n=150, seed=1)
+    assert [r["shift"] for r in rows[:6]] == ["phrasing", "numbers", "both"] * 2
+    # difficulty 3's own template; its ranges are boxes 2-9, per 2-12, extra 1-20
+    trained = re.compile(r"^\w+ has \d+ \w+ with \d+ \w+ in each, and \d+ loose \w+\. How many \w+ does \w+ have in total\?")
+    train = {r["messages"][0]["content"] for r in arithmetic_sft(n=2000, difficulty=(3,))}
+    for r in rows:
+        question = r["messages"][0]["content"]
+        boxes, per, extra = map(int, re.findall(r"\d+", question))
+        assert int(r["ground_truth"]) == boxes * per + extra and question not in train
+        assert bool(trained.match(question)) == (r["shift"] == "numbers")     # a new template unless only numbers move
+        assert (per > 12 and extra > 20) == (r["shift"] != "phrasing")        # larger numbers unless only phrasing moves
+        assert per <= 25 and extra <= 60
+    samples = TASKS["arith_shift_builtin"].load(TaskContext(limit=30))
+    assert [s["shift"] for s in samples] == [r["shift"] for r in arithmetic_shift(n=30)]
+    assert len({s["prompt_text"] for s in samples}) == 30

@@ -105,6 +105,60 @@ def arithmetic_rlvr(split: str = "train", n: int = 1000, seed: int = 0, difficul
             for question, _steps, answer, level in _problems(split, n, seed, difficulty)]
 
 
+# Difficulty 3's single template and ranges (``_problem``) are the training distribution that
+# ``arithmetic_shift`` moves away from: other templates and phrasing, larger numbers, or both.
+SHIFT_KINDS = ("phrasing", "numbers", "both")
+SHIFT_TEMPLATES = [  # boxes, per and extra appear in this order in every template (tests read them back)
+    "A shop has {boxes} {box} and packs {per} {thing} into each. It also keeps {extra} {thing} unpacked. "
+    "How many {thing} does the shop have altogether?",
+    "There are {boxes} {box} on the table, each holding {per} {thing}. Next to them lie {extra} more {thing}. "
+    "What is the total number of {thing}?",
+    "{name} fills {boxes} {box} with {per} {thing} each and keeps {extra} {thing} in a pocket. "
+    "Count all of {name}'s {thing}.",
+    "Each of {name}'s {boxes} {box} contains {per} {thing}, and {extra} {thing} are outside the {box}. "
+    "Find how many {thing} {name} has.",
+]
+
+
+def _shifted_problem(rng: random.Random, kind: str) -> tuple[str, int]:
+    """A difficulty-3 computation (boxes * per + extra) moved off the training distribution:
+    ``phrasing`` — another template, training ranges (boxes 2-9, per 2-12, extra 1-20);
+    ``numbers`` — the training template, per 13-25 and extra 21-60 (never in training);
+    ``both`` — another template and the larger numbers."""
+    name, thing, box = rng.choice(NAMES), rng.choice(THINGS), rng.choice(CONTAINERS)
+    boxes = rng.randint(2, 9)
+    per, extra = (rng.randint(2, 12), rng.randint(1, 20)) if kind == "phrasing" else (rng.randint(13, 25), rng.randint(21, 60))
+    if kind == "numbers":
+        template = ("{name} has {boxes} {box} with {per} {thing} in each, and {extra} loose {thing}. "
+                    "How many {thing} does {name} have in total?")
+    else:
+        template = rng.choice(SHIFT_TEMPLATES)
+    return template.format(name=name, thing=thing, box=box, boxes=boxes, per=per, extra=extra), boxes * per + extra
+
+
+def arithmetic_shift(split: str = "test", n: int = 300, seed: int = 0, shift=SHIFT_KINDS) -> list[dict]:
+    """RLVR rows of difficulty-3 word problems under a domain shift (``_shifted_problem``), the
+    kinds in turn (row i has kind ``shift[i % len(shift)]``, in its ``shift`` column): a model
+    trained on ``arithmetic_sft`` difficulty 3 is tested on what it never saw. Verified by ``gsm8k``."""
+    _check_split(split)
+    kinds = [shift] if isinstance(shift, str) else list(shift)
+    if not kinds or set(kinds) - set(SHIFT_KINDS):
+        raise ValueError(f"shift must be among {SHIFT_KINDS}, got {shift!r}")
+    rng = random.Random(f"shift:{seed}:{split}:{kinds}")
+    rows, seen = [], set()
+    for _ in range(200 * n + 1000):
+        if len(rows) == n:
+            return rows
+        kind = kinds[len(rows) % len(kinds)]
+        question, answer = _shifted_problem(rng, kind)
+        if question in seen or split_of(question) != split:
+            continue
+        seen.add(question)
+        rows.append({"messages": [{"role": "user", "content": question + INSTRUCTION}],
+                     "ground_truth": str(answer), "verifier": "gsm8k", "shift": kind})
+    raise ValueError(f"cannot generate {n} distinct {split} shifted problems: ask for fewer")
+
+
 def _plausible_wrong(rng: random.Random, answer: int) -> int:
     """A wrong answer that looks like a real slip: off by one, a carry error, or a swapped digit."""
     candidates = {answer + 1, answer - 1, answer + 10, answer - 10, int(str(answer)[::-1]) if answer > 9 else answer + 2}
@@ -268,6 +322,7 @@ BUILTINS: dict[str, Callable[..., list[dict]]] = {
     "arithmetic_preference": arithmetic_preference,
     "arithmetic_tools": arithmetic_tools,
     "arithmetic_tools_sft": arithmetic_tools_sft,
+    "arithmetic_shift": arithmetic_shift,
     "ifeval_rlvr": _ifeval("rlvr"),
     "ifeval_sft": _ifeval("sft"),
     "ifeval_preference": _ifeval("preference"),

