@@ -245,12 +245,14 @@ def test_eval_scores_each_row_with_its_own_verifier(tmp_path):
     assert row["metric"] == "mean_score" and row["value"] == pytest.approx(sum(expected) / 3) and row["n"] == 3
 
 
-def test_a_task_scored_by_a_similarity_reports_the_metric_by_its_name():
+def test_a_task_scored_by_a_graded_metric_reports_it_by_its_name():
     from posttrain.evaluation.runner import score_metric
     from posttrain.evaluation.tasks import TASKS, Task
 
     rouge_task = Task("summaries", "dev", "generate", "", lambda ctx: [], scorer="rouge")
     assert score_metric(rouge_task) == "rouge" and score_metric(TASKS["arith_builtin"]) == "accuracy"
+    # a share of concepts used is graded too, not an accuracy
+    assert score_metric(TASKS["commongen_mini"]) == "concept_coverage"
 
 
 def test_verifier_rows_without_a_data_file_is_a_clear_error(tmp_path):

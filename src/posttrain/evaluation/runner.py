@@ -92,7 +92,7 @@ def item_values(task: Task, records: list[dict]) -> dict[str, list[float]]:
     comparison of two runs on the same items compares; ``aggregate`` averages them).
 
     - ``accuracy``: the mean score of the sample's completions (``rm_accuracy`` / ``loglik``: 1.0
-      for a correct sample); named after the metric for a similarity scorer (``rouge``) and
+      for a correct sample); named after the metric for a graded scorer (``rouge``, ``concept_coverage``) and
       ``mean_score`` for ``verifier_rows`` (:func:`score_metric`).
     - ``ifeval``: prompt-level strict and loose (1.0 when every instruction is followed).
     - ``pass_at_k``: unbiased pass@k (Chen et al. 2021, eq. 1) with c = completions scoring 1.0,
@@ -115,13 +115,15 @@ def item_values(task: Task, records: list[dict]) -> dict[str, list[float]]:
 
 
 def score_metric(task: Task) -> str:
-    """The name of a mean verifier score: ``accuracy`` for a check, the metric's own name for a
-    graded similarity (a mean ROUGE-L is not an accuracy), ``mean_score`` for per-row verifiers."""
+    """The name of a mean verifier score: ``accuracy`` for a pass/fail check, the metric's own name
+    for a graded one (a mean ROUGE-L or concept coverage is not an accuracy), ``mean_score`` for
+    per-row verifiers."""
     from posttrain.rewards import get_verifier
 
     if task.scorer == "row":
         return "mean_score"
-    if task.scorer not in (None, "exact_match") and get_verifier(task.scorer).similarity:
+    verifier = get_verifier(task.scorer) if task.scorer not in (None, "exact_match") else None
+    if verifier is not None and (verifier.similarity or verifier.partial_credit):
         return task.scorer
     return "accuracy"
 
