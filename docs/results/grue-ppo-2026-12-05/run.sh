@@ -11,6 +11,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # torch's own thread count on an idle machine; on a shared one set OMP_NUM_THREADS=1 (oversubscribed
 # threads are slower than one there)
 THREADS=${OMP_NUM_THREADS:+--threads $OMP_NUM_THREADS}
+# the PPO step size: 1e-5 x 12 by default; the probe's point, 2e-5 x 6, is the second arm (README)
+PPO_LR=${PPO_LR:-1e-5} PPO_STEPS=${PPO_STEPS:-12}
 N=150   # held-out paragraphs: summary_mini's test split (hash-disjoint from the training rows)
 
 # --- 1. held-out ROUGE-L of the starting model (greedy, the task's 48-token budget)
@@ -23,8 +25,8 @@ N=150   # held-out paragraphs: summary_mini's test split (hash-disjoint from the
 #        the probe's good point (2e-5 x 6), in half-size steps: 2e-5 x 14 drifted (README)
 [ -f ppo/model/config.json ] || posttrain ppo model=smollm2-135m-instruct \
     'data=[{source: builtin:summary_mini_rlvr, n: 400}]' eval_data=[] 'reward=[{verifier: rouge}]' \
-    max_steps=12 prompts_per_step=8 group_size=1 max_new_tokens=48 temperature=0.7 \
-    learning_rate=1e-5 beta=0.05 seed=0 save_steps=4 progress=false save_samples=8 out=ppo
+    max_steps=$PPO_STEPS prompts_per_step=8 group_size=1 max_new_tokens=48 temperature=0.7 \
+    learning_rate=$PPO_LR beta=0.05 seed=0 save_steps=4 progress=false save_samples=8 out=ppo
 
 # --- 3. held-out ROUGE-L of the trained model on the same items
 [ -f eval-ppo/results.json ] || posttrain eval --model ppo/model --tasks summary_mini \
