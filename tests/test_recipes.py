@@ -52,6 +52,15 @@ def test_hacking_signs_length_blowup_and_truncation():
     assert hacking_signs([10, 11, 10, 12, 11, 10], [0.0] * 6)["signs"] == []
 
 
+def test_length_collapse_is_a_hacking_sign_only_under_a_similarity_reward():
+    # first third 25, last third 12: 0.48x — a lead-sentence copy under ROUGE, a learnt format under a check
+    lengths, truncated = [26, 24, 18, 15, 12, 12], [0.0] * 6
+    signs = hacking_signs(lengths, truncated, similarity=True)["signs"]
+    assert len(signs) == 1 and signs[0].startswith("response length shrank to 0.48x (first third 25.0 → last third 12.0")
+    assert hacking_signs(lengths, truncated)["signs"] == []
+    assert hacking_signs([20, 20, 19, 18, 17, 16], truncated, similarity=True)["signs"] == []   # 0.82x: no sign
+
+
 def _fake_rl_run(tmp_path, rewards, heldout):
     run_dir = tmp_path / "rl"
     run_dir.mkdir(parents=True)

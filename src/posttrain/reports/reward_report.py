@@ -78,9 +78,14 @@ def tasks_fallen(before: dict | None, after: dict | None) -> list[dict]:
 
 
 def hacking_signs(lengths: list[float], truncated: list[float], length_ratio: float = 1.5,
-                  truncation_rise: float = 0.1) -> dict:
+                  truncation_rise: float = 0.1, similarity: bool = False, shrink_ratio: float = 0.7) -> dict:
     """Length blow-up: the last third's mean length over the first third's exceeds
-    ``length_ratio``. Truncation: the truncated share rises by more than ``truncation_rise``."""
+    ``length_ratio``. Truncation: the truncated share rises by more than ``truncation_rise``.
+    Length collapse, only under a graded similarity reward (``similarity``): that ratio falls below
+    ``shrink_ratio`` — an F1-style overlap such as ROUGE-L can be raised by dropping everything but
+    a short span that matches the reference (RL4LMs, Ramamurthy et al. 2023, §5; our GRUE-style run
+    in docs/results/grue-ppo-2026-12-05 shrank to the lead sentence). Under a pass/fail check,
+    shorter answers are often just the format being learnt, so they are not flagged there."""
     signs = []
     ratio = None
     if len(lengths) >= 2:
@@ -89,6 +94,10 @@ def hacking_signs(lengths: list[float], truncated: list[float], length_ratio: fl
         ratio = last / first if first > 0 else None
         if ratio is not None and ratio > length_ratio:
             signs.append(f"response length grew {ratio:.2f}x (first third {first:.1f} → last third {last:.1f} tokens)")
+        if ratio is not None and similarity and ratio < shrink_ratio:
+            signs.append(f"response length shrank to {ratio:.2f}x (first third {first:.1f} → last third {last:.1f} "
+                         "tokens) under a similarity reward: read samples.jsonl for a short copied span in place "
+                         "of the whole answer")
     rise = thirds_delta(truncated)
     if rise is not None and rise > truncation_rise:
         signs.append(f"truncated share rose by {rise:+.2f}")
@@ -189,8 +198,8 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
     mismatch = objective_mismatch(rewards, [v for _, v in heldout])
     # a fall elsewhere only counts as mismatch when the optimised reward rose (same test as above)
     fallen = tasks_fallen(before, after) if (mismatch["reward_delta"] or 0.0) > REWARD_RISE else []
-    hacking = hacking_signs(lengths, truncated)
     comps = inputs.get("reward_components", [])
+    hacking = hacking_signs(lengths, truncated, similarity=any(c.get("similarity") for c in comps))
 
     lines = [f"# Reward Report: {run_dir.name}", "",
              "After Gilbert et al., *Reward Reports for Reinforcement Learning* (2023). Written from the run's "
@@ -261,7 +270,8 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
     elif hacking["signs"]:
         lines += [f"- **Reward hacking sign**: {s}." for s in hacking["signs"]]
     else:
-        lines.append("- Reward hacking signs: none (no length blow-up, truncated share not rising).")
+        collapse = ", no length collapse" if any(c.get("similarity") for c in comps) else ""
+        lines.append(f"- Reward hacking signs: none (no length blow-up{collapse}, truncated share not rising).")
     risks = list(dict.fromkeys(r for c in comps for r in c.get("risks", [])))
     if risks:
         lines += ["", "Known risks of these kinds of reward (what to watch for, not observations of this run):", ""]
