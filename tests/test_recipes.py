@@ -45,6 +45,12 @@ def test_objective_mismatch_flags_reward_up_heldout_down_only():
     assert objective_mismatch([0.5] * 6, [0.6, 0.4])["flag"] is False          # reward flat
     result = objective_mismatch(rising, [0.60, 0.40])
     assert result["reward_delta"] == pytest.approx(0.55 - 0.15) and result["heldout_delta"] == pytest.approx(-0.2)
+    # with the held-out size known, a fall counts only below the starting 95% Wilson interval:
+    # 25/30 → 22/30 is noise (Wilson lower end of 25/30 is 0.664), 25/30 → 18/30 is not
+    noise = objective_mismatch(rising, [25 / 30, 22 / 30], heldout_n=30)
+    assert noise["flag"] is False and noise["heldout_floor"] == pytest.approx(0.6644, abs=1e-3)
+    assert objective_mismatch(rising, [25 / 30, 18 / 30], heldout_n=30)["flag"] is True
+    assert objective_mismatch(rising, [25 / 30, 22 / 30])["flag"] is True   # size unknown: the 0.02 tolerance
 
 
 def test_hacking_signs_length_blowup_and_truncation():

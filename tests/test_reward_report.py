@@ -215,3 +215,21 @@ def test_a_single_turn_run_has_no_environment_component(tiny_model_dir, tmp_path
     assert "episodes" not in inputs and all(c["kind"] != "environment" for c in inputs["reward_components"])
     text = write_reward_report(tmp_path / "x").read_text()
     assert "multi-turn episode" not in text and "From the environment" not in text
+
+
+@pytest.mark.parametrize("last, flagged", [(22, False), (18, True)])
+def test_held_out_fall_is_a_mismatch_only_beyond_its_starting_interval(last, flagged, tmp_path):
+    # reward rising; held-out 25/30 → last/30: 22 stays within 25/30's Wilson interval (lower end 0.664)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "reward_mean": 0.1 * i}) + "\n"
+                                               for i in range(6)))
+    (run / "reward_report_inputs.json").write_text(json.dumps(
+        {"algorithm": "grpo", "model": "m", "reward_components": build_reward([{"verifier": "gsm8k"}]).describe(),
+         "heldout": [{"step": 0, "accuracy": 25 / 30, "n": 30}, {"step": 6, "accuracy": last / 30, "n": 30}]}))
+    text = write_reward_report(run).read_text()
+    assert ("**Objective mismatch**" in text) is flagged
+    if flagged:
+        assert "below the lower end 0.664 of its starting 95% interval" in text
+    else:
+        assert "within its starting 95% interval (lower end 0.664, n = 30)" in text

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from posttrain.evaluation.metrics import wilson_interval
 from posttrain.reports import atomic_write_text
 from posttrain.reports.training import read_metrics
 
@@ -43,14 +44,23 @@ REWARD_RISE = 0.02  # last third − first third of the reward that counts as ri
 
 
 def objective_mismatch(rewards: list[float], heldout: list[float], reward_tol: float = REWARD_RISE,
-                       heldout_tol: float = 0.02) -> dict:
+                       heldout_tol: float = 0.02, heldout_n: int | None = None) -> dict:
     """Flag when the optimised reward rises by more than ``reward_tol`` while the held-out score
-    falls by more than ``heldout_tol`` (first vs last held-out evaluation)."""
+    falls (first vs last held-out evaluation). With the held-out size ``heldout_n`` known, the fall
+    counts only when the last score is below the lower end of the first one's 95% Wilson interval
+    — the test a recipe applies to every task (``tasks_fallen``): 3 of 30 items is noise, not a
+    mismatch. Without it, any fall of more than ``heldout_tol``."""
     reward_delta = thirds_delta(rewards)
     heldout_delta = heldout[-1] - heldout[0] if len(heldout) >= 2 else None
-    flagged = (reward_delta is not None and heldout_delta is not None
-               and reward_delta > reward_tol and heldout_delta < -heldout_tol)
-    return {"flag": bool(flagged), "reward_delta": reward_delta, "heldout_delta": heldout_delta}
+    floor = None
+    if heldout_delta is not None and heldout_n:
+        floor = wilson_interval(round(heldout[0] * heldout_n), heldout_n)[0]
+        fell = heldout[-1] < floor
+    else:
+        fell = heldout_delta is not None and heldout_delta < -heldout_tol
+    flagged = reward_delta is not None and reward_delta > reward_tol and fell
+    return {"flag": bool(flagged), "reward_delta": reward_delta, "heldout_delta": heldout_delta,
+            "heldout_floor": floor}
 
 
 def _primary_rows(before: dict, after: dict):
@@ -195,7 +205,9 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
     lengths = [r["response_length"] for r in records if "response_length" in r]
     truncated = [r["truncated_share"] for r in records if "truncated_share" in r]
     heldout = _heldout_series(inputs, before, after)
-    mismatch = objective_mismatch(rewards, [v for _, v in heldout])
+    trainer_heldout = inputs.get("heldout", [])   # the trainer's own series carries its size
+    heldout_n = trainer_heldout[0].get("n") if trainer_heldout and len(trainer_heldout) == len(heldout) else None
+    mismatch = objective_mismatch(rewards, [v for _, v in heldout], heldout_n=heldout_n)
     # a fall elsewhere only counts as mismatch when the optimised reward rose (same test as above)
     fallen = tasks_fallen(before, after) if (mismatch["reward_delta"] or 0.0) > REWARD_RISE else []
     comps = inputs.get("reward_components", [])
@@ -253,8 +265,15 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
                      "(give `eval_data` to evaluate before, during and after the run).")
     elif mismatch["flag"]:
         lines.append(f"- **Objective mismatch**: the optimised reward rose ({mismatch['reward_delta']:+.3f}) while "
-                     f"held-out accuracy fell ({mismatch['heldout_delta']:+.3f}). The reward no longer tracks the "
-                     "goal; stop earlier, add held-out checks, or revisit the reward.")
+                     f"held-out accuracy fell ({mismatch['heldout_delta']:+.3f}"
+                     + (f", below the lower end {mismatch['heldout_floor']:.3f} of its starting 95% interval"
+                        if mismatch["heldout_floor"] is not None else "")
+                     + "). The reward no longer tracks the goal; stop earlier, add held-out checks, or revisit "
+                     "the reward.")
+    elif mismatch["heldout_floor"] is not None and mismatch["heldout_delta"] < 0:
+        lines.append(f"- Objective mismatch: not flagged on the held-out split: its accuracy moved "
+                     f"{mismatch['heldout_delta']:+.3f}, within its starting 95% interval (lower end "
+                     f"{mismatch['heldout_floor']:.3f}, n = {heldout_n}).")
     else:
         lines.append("- Objective mismatch: not flagged on the held-out split (the reward did not rise while its "
                      "accuracy fell).")
