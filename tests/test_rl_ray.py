@@ -7,6 +7,7 @@ logged and stays within the bound, and truncated importance sampling reweights t
 from __future__ import annotations
 
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 
@@ -51,7 +52,13 @@ def test_sync_ray_run_follows_the_one_process_run(cluster, tiny_model_dir, tmp_p
     from safetensors.torch import load_file
 
     w1, w2 = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("local", "ray"))
-    assert all((w1[k] - w2[k]).abs().max() < 1e-5 for k in w1)
+    diffs = torch.cat([(w1[k] - w2[k]).abs().flatten() for k in w1])
+    # The learner actor runs torch on its own thread count, so gradients agree to rounding only; Adam
+    # scales each coordinate by its own gradient size, so where a gradient is ~0 that rounding can
+    # move the coordinate by up to lr per step. All but a sliver must agree; none can drift further.
+    assert float((diffs > 1e-5).float().mean()) < 1e-3, float((diffs > 1e-5).float().mean())
+    # Adam's largest step per coordinate is lr (1 − β1) / √(1 − β2) ≈ 3.16 lr; both runs, 3 steps
+    assert float(diffs.max()) <= 2 * 3 * 1e-3 * (1 - 0.9) / (1 - 0.999) ** 0.5 + 1e-6
 
 
 def test_async_ray_run_stays_within_its_staleness_bound(cluster, tiny_model_dir, tmp_path):
