@@ -211,7 +211,8 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
     # a fall elsewhere only counts as mismatch when the optimised reward rose (same test as above)
     fallen = tasks_fallen(before, after) if (mismatch["reward_delta"] or 0.0) > REWARD_RISE else []
     comps = inputs.get("reward_components", [])
-    hacking = hacking_signs(lengths, truncated, similarity=any(c.get("similarity") for c in comps))
+    similarity = any(c.get("similarity") for c in comps)   # a graded similarity among the components
+    hacking = hacking_signs(lengths, truncated, similarity=similarity)
 
     lines = [f"# Reward Report: {run_dir.name}", "",
              "After Gilbert et al., *Reward Reports for Reinforcement Learning* (2023). Written from the run's "
@@ -289,7 +290,7 @@ def write_reward_report(run_dir: str | Path, before: dict | None = None, after: 
     elif hacking["signs"]:
         lines += [f"- **Reward hacking sign**: {s}." for s in hacking["signs"]]
     else:
-        collapse = ", no length collapse" if any(c.get("similarity") for c in comps) else ""
+        collapse = ", no length collapse" if similarity else ""
         lines.append(f"- Reward hacking signs: none (no length blow-up{collapse}, truncated share not rising).")
     risks = list(dict.fromkeys(r for c in comps for r in c.get("risks", [])))
     if risks:
