@@ -27,7 +27,10 @@ logging, evaluation, checkpoints and resume are the ones SFT and DPO use; each u
    (``losses.policy.aggregation_normalizer``: rows for ``grpo``, tokens for ``dapo``, rows ×
    ``max_new_tokens`` for ``dr_grpo``), so neither accumulation nor the process count changes
    the gradient. Minibatches are drawn from all processes' rows (``minibatch_plan``); batch
-   statistics (PPO's advantage whitening, the step's metrics) are reduced over processes.
+   statistics (PPO's advantage whitening, the step's metrics) are reduced over processes. Within
+   a minibatch, rows of like completion width share a micro-batch, and every forward (here and in
+   step 3's chunks) stops at its rows' last sampled token (``row_widths``): the right padding of
+   the batch's longest row is never run, and the loss is unchanged (causal models).
 
 GRPO departs from DeepSeekMath in the usual ways: one update per batch by default (so ρ = 1 and
 the clip never binds, i.e. REINFORCE with group-normalised advantages, as nanochat's chat_rl
@@ -291,33 +294,41 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
         model.eval()  # dropout off (Engine.evaluate leaves the model in train mode)
         b, weight = micro["batch"], micro["weight"]
         rows_ = micro["rows"].cpu()
+        # Only the columns up to the micro-batch's last sampled token: the rest is right padding
+        # that a causal model never lets earlier positions see, so the loss and its gradient are
+        # those of the full width (minibatch_plan groups rows of like width to make this pay).
+        width = max(int(row_widths(b["mask"][rows_]).max()), 1)
+
+        def rows_of(key):   # this micro-batch's rows of b[key], trimmed to ``width`` where per token
+            value = b[key]
+            return (value[rows_, :width] if value.dim() > 1 else value[rows_]).to(device)
+
         prompts = [b["prompt_ids"][i] for i in rows_.tolist()]
-        completion = b["completion_ids"][rows_].to(device)
-        mask = b["mask"][rows_].to(device)
-        keep = b["keep"][rows_].to(device) if "keep" in b else None
+        completion, mask = rows_of("completion_ids"), rows_of("mask")
+        keep = rows_of("keep") if "keep" in b else None
         logps, entropy = token_logps(model, prompts, completion, mask, tokenizer.pad_token_id, config, share, keep,
                                      with_entropy=single_update)
         if single_update and weight > 0:  # π_old = this very forward (ratio ≡ 1); kept for the step's metrics
-            b["old_logps"][rows_] = logps.detach().cpu()
+            b["old_logps"][rows_, :width] = logps.detach().cpu()
             b["entropy_sum"] += float(entropy.sum())
             b["measured"][rows_] = True
-        advantages = b["advantages"][rows_].to(device)
+        advantages = rows_of("advantages")   # (B,) per sequence or (B, T) per token (GAE)
         in_loss = config.kl_in == "loss" and kl_controller.value > 0 and "ref_logps" in b
-        old_logps = b["old_logps"][rows_].to(device)
-        weights = tis_weights(old_logps, b["sampling_logps"][rows_].to(device), config.tis_cap, mask) \
+        old_logps = rows_of("old_logps")
+        weights = tis_weights(old_logps, rows_of("sampling_logps"), config.tis_cap, mask) \
             if config.tis_cap > 0 else None
         loss, diag = spec.policy_loss(
             logps, old_logps, advantages, mask, config.clip_low, config.clip_high,
             aggregation=config.aggregation, normalizer=1.0, kl_coef=kl_controller.value if in_loss else 0.0,
-            ref_logps_BT=b["ref_logps"][rows_].to(device) if in_loss else None, kl_kind=config.kl_estimator,
+            ref_logps_BT=rows_of("ref_logps") if in_loss else None, kl_kind=config.kl_estimator,
             is_weights_BT=weights)
         metrics = {k: diag[k].detach() for k in ("clip_fraction", "ratio_mean", "approx_kl")}   # on the device
         if weights is not None:
             metrics["rollout/tis_weight_mean"] = masked_mean(weights, mask).detach()
         if value_model is not None:
             values = completion_values(value_model, prompts, completion, tokenizer.pad_token_id, device)
-            vloss, vdiag = value_loss(values, b["old_values"][rows_].to(device), b["returns"][rows_].to(device),
-                                      mask, clip=config.value_clip or None)
+            vloss, vdiag = value_loss(values, rows_of("old_values"), rows_of("returns"), mask,
+                                      clip=config.value_clip or None)
             loss = loss + config.value_coef * vloss * normalizer(micro)  # token-mean value loss, weighted by share
             metrics.update(value_loss=vloss.detach(), value_clip_fraction=vdiag["value_clip_fraction"].detach())
         metrics["metric_weight"] = float(mask.sum()) * weight   # the metrics are token means
@@ -376,7 +387,8 @@ def run_rl(config: RLConfig, command: str = "posttrain grpo", on_ray: bool = Fal
             batch["returns"] = adv.returns
         updates = []
         for epoch in range(config.ppo_epochs):
-            for micro in minibatch_plan(engine, adv.keep, config, seed=prompt_seed(config.seed, step, -1 - epoch)):
+            for micro in minibatch_plan(engine, adv.keep, config, seed=prompt_seed(config.seed, step, -1 - epoch),
+                                        widths_B=row_widths(batch["mask"])):
                 updates.append(engine.update([{"batch": batch, **m} for m in micro], update_step, normalizer))
         if updates:
             backend.update_weights(engine.unwrapped())
@@ -477,12 +489,26 @@ def prompt_seed(seed: int, step: int, prompt: int) -> int:
     return (seed * 1_000_003 + step) * 10_000_019 + prompt
 
 
-def minibatch_plan(engine: Engine, keep_B: torch.Tensor, config: RLConfig, seed: int) -> list[list[dict]]:
+def row_widths(mask_BT: torch.Tensor) -> torch.Tensor:
+    """Per row, the number of columns up to and including its last mask-1 token (0 for a row with
+    none), (B,) long. What lies after it (right padding; an episode's tokens after its last sampled
+    one) never reaches the loss, and a causal model never lets it change an earlier position."""
+    if mask_BT.shape[1] == 0:
+        return torch.zeros(len(mask_BT), dtype=torch.long)
+    columns = torch.arange(1, mask_BT.shape[1] + 1, device=mask_BT.device)
+    return (mask_BT.ne(0) * columns).max(-1).values
+
+
+def minibatch_plan(engine: Engine, keep_B: torch.Tensor, config: RLConfig, seed: int,
+                   widths_B: torch.Tensor | None = None) -> list[list[dict]]:
     """This process's micro-batches for each minibatch update of one PPO epoch.
 
     The kept rows of *all* processes are shuffled with a generator seeded by ``seed`` (per step and epoch)
     and cut into ``num_minibatches`` minibatches, so a minibatch is the same set of rows whatever
-    the process count; each process takes its own rows of it, ``batch_size`` at a time. Processes
+    the process count; each process takes its own rows of it, ``batch_size`` at a time. With
+    ``widths_B`` (``row_widths`` of this process's rows) they are taken widest first, so rows of
+    like length share a micro-batch and ``update_step`` trims each to its own width; which rows
+    make a minibatch (one optimizer step) does not change. Processes
     must run the same number of forwards and backwards (DDP and FSDP synchronise in them): one
     with fewer micro-batches pads with weight-0 ones (a real row, its loss times 0)."""
     B = len(keep_B)
@@ -495,6 +521,8 @@ def minibatch_plan(engine: Engine, keep_B: torch.Tensor, config: RLConfig, seed:
     plan = []
     for minibatch in torch.tensor_split(order, min(config.num_minibatches, len(order))):
         local = minibatch[minibatch // B == engine.rank] - engine.rank * B
+        if widths_B is not None:   # widest first: the memory peak comes with the first micro-batch
+            local = local[torch.sort(widths_B[local], descending=True, stable=True).indices]
         micro = [{"rows": r, "weight": 1.0} for r in torch.split(local, config.batch_size)]
         most = int(engine.all_gather(torch.tensor([len(micro)])).max())
         micro += [{"rows": torch.zeros(1, dtype=torch.long), "weight": 0.0}] * (most - len(micro))
@@ -586,30 +614,33 @@ def _score_batch(rollout: Rollout, policy, reference, mask_model=None, value=Non
     batch = {"prompt_ids": rollout.prompt_ids, "completion_ids": rollout.completion_ids,
              "mask": rollout.completion_mask, "sampling_logps": rollout.sampling_logps}
     old, ref, vals, keeps, entropy_sum = [], [], [], [], 0.0
-    B = len(rollout.prompt_ids)
+    B, T = rollout.completion_mask.shape
     chunk = max(config.batch_size, 1)
     policy.eval()  # dropout off, here and in the updates: see the module docstring
     for s in range(0, len(rollout.prompt_ids), chunk):
+        # each chunk's forwards stop at its last sampled token (as update_step's); zeros after it
+        width = max(int(row_widths(rollout.completion_mask[s:s + chunk]).max()), 1)
         prompts = rollout.prompt_ids[s:s + chunk]
-        completion = rollout.completion_ids[s:s + chunk].to(device)
-        mask = rollout.completion_mask[s:s + chunk].to(device)
+        completion = rollout.completion_ids[s:s + chunk, :width].to(device)
+        mask = rollout.completion_mask[s:s + chunk, :width].to(device)
         keep = None
         if mask_model is not None:
             keep = nlpo_topp_mask(completion_logits(mask_model, prompts, completion, pad, share_prompts=share),
                                   config.mask_top_p)
-            keeps.append(keep.cpu())
+            keeps.append(_widen(keep.cpu(), T, True))   # padding: every token allowed (no -inf logits)
         if policy_pass:
             logps, entropy = token_logps(policy, prompts, completion, mask, pad, config, share, keep, with_entropy=True)
-            old.append(logps.cpu())
+            old.append(_widen(logps.cpu(), T))
             entropy_sum += float(entropy.sum())
         if config.beta > 0:
             if reference is not None:
-                ref.append(token_logps(reference, prompts, completion, mask, pad, config, share, keep)[0].cpu())
+                logps = token_logps(reference, prompts, completion, mask, pad, config, share, keep)[0]
             else:
                 with policy.disable_adapter():
-                    ref.append(token_logps(policy, prompts, completion, mask, pad, config, share, keep)[0].cpu())
+                    logps = token_logps(policy, prompts, completion, mask, pad, config, share, keep)[0]
+            ref.append(_widen(logps.cpu(), T))
         if value is not None:
-            vals.append(completion_values(value, prompts, completion, pad, device).cpu())
+            vals.append(_widen(completion_values(value, prompts, completion, pad, device).cpu(), T))
     mask = rollout.completion_mask
     batch["old_logps"] = torch.cat(old) * mask if old else torch.zeros(mask.shape)
     batch["measured"] = torch.full((B,), policy_pass)
@@ -621,6 +652,13 @@ def _score_batch(rollout: Rollout, policy, reference, mask_model=None, value=Non
         batch["keep"] = torch.cat(keeps)
     batch["entropy_sum"] = entropy_sum
     return batch
+
+
+def _widen(x: torch.Tensor, T: int, fill=0) -> torch.Tensor:
+    """``x`` (b, w, …) right-padded with ``fill`` to (b, T, …)."""
+    out = x.new_full((x.shape[0], T, *x.shape[2:]), fill)
+    out[:, :x.shape[1]] = x
+    return out
 
 
 def _write_samples(path: Path, engine: Engine, rollout: Rollout, scores_B: torch.Tensor, count: int, step: int):
