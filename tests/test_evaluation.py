@@ -366,8 +366,14 @@ def test_loglikelihood_matches_a_manual_forward_pass(tiny_model_dir):
     model, tok = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
     gen = HFGenerator(model, tok, batch_size=2)
     prompt = [{"role": "user", "content": "What is 3 + 4?"}]
-    requests = [(prompt, "The answer is 7."), (prompt, "The answer is 12345 apples."), (prompt, "7")]
+    longer = [{"role": "user", "content": "Sam has 12 apples and buys 9 more bags of 3. How many now?"}]
+    other = [{"role": "user", "content": "Say hi."}]
+    # three prompts of different lengths (two batches of prompts), choices interleaved and uneven:
+    # each continuation runs on a copy of its own prompt's cache
+    requests = [(prompt, "The answer is 7."), (longer, "39"), (prompt, "The answer is 12345 apples."),
+                (other, "hi"), (longer, "The answer is 39, since 12 + 27 = 39."), (prompt, "7")]
     got = gen.loglikelihood(requests)
+    assert gen.loglikelihood(requests[::-1]) == pytest.approx(got[::-1], abs=1e-4)
     for (p, cont), value in zip(requests, got):
         p_ids = tok(render_prompts(tok, [p])[0], add_special_tokens=False)["input_ids"]
         c_ids = tok(cont, add_special_tokens=False)["input_ids"]
