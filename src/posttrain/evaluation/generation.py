@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from posttrain.models import seq2seq
+from posttrain.models.layout import distinct_prompts, gather_logps, shared_prefix_logits
 
 __all__ = ["HFGenerator", "PredictionsGenerator", "render_prompts"]
 
@@ -140,55 +141,26 @@ class HFGenerator:
         if self.seq2seq:
             return self._seq2seq_loglikelihood(requests)
         texts = render_prompts(tok, [r[0] for r in requests])
-        prompt_index: dict[str, int] = {}
-        for text in texts:
-            prompt_index.setdefault(text, len(prompt_index))
-        prompt_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in prompt_index]
-        owner = [prompt_index[t] for t in texts]
+        prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         continuations = [tok(c, add_special_tokens=False)["input_ids"] for _, c in requests]
         scores = [0.0] * len(requests)
-        for b in range(0, len(prompt_ids), self.batch_size):
-            batch = range(b, min(b + self.batch_size, len(prompt_ids)))
-            rows = [r for r in range(len(requests)) if owner[r] in batch and continuations[r]]
-            if rows:
-                got = self._continuation_logps([prompt_ids[u] for u in batch],
-                                               [owner[r] - b for r in rows], [continuations[r] for r in rows])
-                for r, value in zip(rows, got):
-                    scores[r] = value
+        unique, owner = distinct_prompts(prompts)
+        for b in range(0, len(unique), self.batch_size):
+            rows = [r for r in range(len(requests)) if b <= owner[r] < b + self.batch_size and continuations[r]]
+            if not rows:
+                continue
+            width = max(len(continuations[r]) for r in rows)
+            ids_RC = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+            mask_RC = torch.zeros((len(rows), width))
+            for i, r in enumerate(rows):
+                ids_RC[i, :len(continuations[r])], mask_RC[i, :len(continuations[r])] = \
+                    torch.tensor(continuations[r]), 1.0
+            logits_RCV = shared_prefix_logits(self.model, unique[b:b + self.batch_size], owner[rows] - b,
+                                              ids_RC.to(self.device), tok.pad_token_id)
+            logps_RC = gather_logps(logits_RCV.float(), ids_RC.to(self.device)).cpu() * mask_RC
+            for i, r in enumerate(rows):
+                scores[r] = logps_RC[i].sum().item()
         return scores
-
-    @torch.inference_mode()
-    def _continuation_logps(self, prompts: list[list[int]], owner: list[int], continuations: list[list[int]]) -> list[float]:
-        """Prompt pass (left padded, positions counted from each row's first real token, only the
-        last position's logits), then one pass over every continuation on a copy of its prompt's
-        KV cache (right padded, positions continuing the prompt's)."""
-        pad = self.tokenizer.pad_token_id
-        width = max(map(len, prompts))
-        ids_NP = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask_NP = torch.zeros_like(ids_NP)
-        for n, p in enumerate(prompts):
-            ids_NP[n, width - len(p):], mask_NP[n, width - len(p):] = torch.tensor(p), 1
-        ids_NP, mask_NP = ids_NP.to(self.device), mask_NP.to(self.device)
-        out = self.model(input_ids=ids_NP, attention_mask=mask_NP, position_ids=(mask_NP.cumsum(-1) - 1).clamp(min=0),
-                         use_cache=True, logits_to_keep=1)
-        first_logps_NV = out.logits[:, -1].float().log_softmax(-1)
-        src_R = torch.tensor(owner, device=self.device)
-        cache = out.past_key_values
-        cache.reorder_cache(src_R)   # row r continues prompt owner[r]
-        c_width = max(map(len, continuations))
-        ids_RC = torch.full((len(continuations), c_width), pad, dtype=torch.long)
-        c_mask_RC = torch.zeros_like(ids_RC)
-        for r, c in enumerate(continuations):
-            ids_RC[r, :len(c)], c_mask_RC[r, :len(c)] = torch.tensor(c), 1
-        ids_RC, c_mask_RC = ids_RC.to(self.device), c_mask_RC.to(self.device)
-        lengths_R = mask_NP.sum(-1)[src_R]
-        positions_RC = lengths_R[:, None] + torch.arange(c_width, device=self.device)
-        logps_RCV = self.model(input_ids=ids_RC, attention_mask=torch.cat([mask_NP[src_R], c_mask_RC], dim=1),
-                               position_ids=positions_RC, past_key_values=cache).logits.float().log_softmax(-1)
-        # token 0 is predicted by the prompt's last position, token j by continuation position j - 1
-        first_R = first_logps_NV[src_R].gather(-1, ids_RC[:, :1]).squeeze(-1)
-        rest_RC = logps_RCV[:, :-1].gather(-1, ids_RC[:, 1:, None]).squeeze(-1) * c_mask_RC[:, 1:]
-        return (first_R + rest_RC.sum(-1)).tolist()
 
     def _seq2seq_loglikelihood(self, requests: list[tuple[list[dict], str]]) -> list[float]:
         prompts = self._encoder_prompts([r[0] for r in requests])

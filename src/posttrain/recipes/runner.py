@@ -18,6 +18,7 @@ checkpoint; evaluation is resumable per sample. So re-running after a crash redo
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import yaml
@@ -136,13 +137,20 @@ def run(name: str, out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(show(name))
+    seconds: dict[str, float] = {}   # wall time of each step this invocation ran (the report's time table)
+
+    def timed(step: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        seconds[step] = round(time.perf_counter() - start, 1)
+        return result
 
     # --- 1. data, decontaminated against every evaluation prompt
     print(f"[recipe {recipe['name']}] decontaminating training data")
-    contamination = _prepare_data(recipe, out)
+    contamination = timed("decontaminate", _prepare_data, recipe, out)
 
     # --- 2. the base model
-    evals = {"base": _evaluate(recipe, recipe["model"], out / "eval" / "base")}
+    evals = {"base": timed("eval base", _evaluate, recipe, recipe["model"], out / "eval" / "base")}
 
     # --- 3. stages, each from the previous stage's model
     model = recipe["model"]
@@ -154,14 +162,17 @@ def run(name: str, out: str | Path) -> Path:
             print(f"[recipe {recipe['name']}] {stage['name']}: training from {model}")
             config = stage_config(recipe, stage, out=str(stage_dir), model=model,
                                   data=[str(out / "data" / f"{stage['name']}.jsonl")])
-            _resolve(STAGE_COMMANDS[stage["command"]][1])(config, command=f"posttrain recipe run {name} ({stage['name']})")
+            step = f"train {stage['name']}"
+            timed(step, _resolve(STAGE_COMMANDS[stage["command"]][1]), config,
+                  command=f"posttrain recipe run {name} ({stage['name']})")
             (stage_dir / "DONE").write_text("done\n")
+            print(f"[recipe {recipe['name']}] {stage['name']}: trained in {seconds[step]:.0f} s")
         model = str(stage_dir / "model")
-        evals[stage["name"]] = _evaluate(recipe, model, out / "eval" / stage["name"])
+        evals[stage["name"]] = timed(f"eval {stage['name']}", _evaluate, recipe, model, out / "eval" / stage["name"])
         if stage["command"] in RL_COMMANDS:
             write_reward_report(stage_dir, before=evals[list(evals)[-2]], after=evals[stage["name"]])
 
     # --- 4. the report
-    path = write_recipe_report(out, recipe, evals, contamination)
-    print(f"[recipe {recipe['name']}] done: {path}")
+    path = write_recipe_report(out, recipe, evals, contamination, seconds)
+    print(f"[recipe {recipe['name']}] done in {sum(seconds.values()) / 60:.1f} min: {path}")
     return path

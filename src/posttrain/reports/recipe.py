@@ -136,7 +136,23 @@ def heldout_start_end(records: list[dict], kind: str) -> list[tuple[str, float, 
     return rows
 
 
-def write_recipe_report(out: Path, recipe: dict, evals: dict[str, dict], contamination: dict) -> Path:
+def time_table(seconds: dict[str, float]) -> list[str]:
+    """Markdown lines: each step's wall time and share of the run, so a user resizing a recipe sees
+    where the CPU went (evaluation vs. training)."""
+    if not seconds:
+        return []
+    total = sum(seconds.values())
+    lines = ["## Time", "", "Wall time of each step this invocation ran (a resumed run counts only what it redid).", "",
+             "| step | minutes | share |", "|---|---|---|"]
+    lines += [f"| {step} | {s / 60:.1f} | {s / total:.0%} |" for step, s in seconds.items()]
+    spent = {kind: sum(s for step, s in seconds.items() if step.startswith(kind)) for kind in ("train", "eval")}
+    lines += [f"| **total** | **{total / 60:.1f}** | training {spent['train'] / total:.0%}, "
+              f"evaluation {spent['eval'] / total:.0%} |", ""]
+    return lines
+
+
+def write_recipe_report(out: Path, recipe: dict, evals: dict[str, dict], contamination: dict,
+                        seconds: dict[str, float] | None = None) -> Path:
     out = Path(out)
     lines = [f"# Recipe `{recipe['name']}`", "", f"Base model: `{recipe['model']}`. Stages: "
              + " → ".join(f"{s['name']} ({s['command']})" for s in recipe["stages"]) + ".", "",
@@ -168,6 +184,7 @@ def write_recipe_report(out: Path, recipe: dict, evals: dict[str, dict], contami
                       + ".", ""]
         if (stage_dir / "reward_report.md").exists():
             lines += [f"Reward Report: [{stage['name']}/reward_report.md]({stage['name']}/reward_report.md)", ""]
+    lines += time_table(seconds or {})
     lines += ["## Decontamination", "",
               f"n-gram {contamination.get('parameters', {}).get('ngram', '?')}, threshold "
               f"{contamination.get('parameters', {}).get('threshold', '?')}: training rows sharing that share of an "
@@ -179,5 +196,5 @@ def write_recipe_report(out: Path, recipe: dict, evals: dict[str, dict], contami
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({**{k: v.get("rows", []) for k, v in evals.items()},
-                                                  "paired": paired}, indent=1))
+                                                  "paired": paired, "seconds": seconds or {}}, indent=1))
     return path
