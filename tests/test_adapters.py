@@ -192,6 +192,29 @@ def test_eval_runs_on_prompt_and_attempt_folders(source_prompts, tiny_model_dir,
         assert {(r["task"], r["n"]) for r in rows} == {("arith_builtin", 2), ("arith_mc_builtin", 2)}
 
 
+def test_choice_scores_through_a_soft_prompt_equal_single_row_forwards(source_prompts):
+    """A soft-prompted model recomputes its prompt from each row, so multiple-choice scoring takes
+    whole right-padded rows there instead of a shared prompt cache; each score still equals the
+    continuation's log-probability in a forward of that row alone."""
+    import torch
+
+    from posttrain.evaluation.generation import HFGenerator, render_prompts
+    from posttrain.models import load_model, load_tokenizer
+    from posttrain.models.adapters import reads_soft_prompt
+
+    model, tok = load_model(source_prompts[0]), load_tokenizer(source_prompts[0])
+    assert reads_soft_prompt(model) and not reads_soft_prompt(model.get_base_model())
+    short, longer = [{"role": "user", "content": "What is 3 + 4?"}], [{"role": "user", "content": "Sam has 12 pens and buys 9 more. How many?"}]
+    requests = [(short, "The answer is 7."), (longer, "21"), (short, "7")]
+    got = HFGenerator(model, tok, batch_size=2).loglikelihood(requests)
+    for (prompt, continuation), value in zip(requests, got):
+        p_ids = tok(render_prompts(tok, [prompt])[0], add_special_tokens=False)["input_ids"]
+        c_ids = tok(continuation, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logps = model(input_ids=torch.tensor([p_ids + c_ids])).logits.log_softmax(-1)[0]
+        assert value == pytest.approx(sum(logps[len(p_ids) + j - 1, t].item() for j, t in enumerate(c_ids)), abs=1e-4)
+
+
 def test_merge_refuses_a_soft_prompt_saying_why(source_prompts, tiny_model_dir, tmp_path, capsys):
     from posttrain.cli import main
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from posttrain.models import seq2seq
+from posttrain.models.adapters import reads_soft_prompt
 from posttrain.models.layout import distinct_prompts, gather_logps, shared_prefix_logits
 
 __all__ = ["HFGenerator", "PredictionsGenerator", "render_prompts"]
@@ -136,16 +137,19 @@ class HFGenerator:
         (a multiple-choice item's choices) run it once: its KV cache is copied to each of its
         continuations, so a four-choice item costs one prompt pass and four short ones, not four
         full passes. Equal to scoring ``prompt + continuation`` in one forward, up to float
-        rounding. An encoder-decoder scores the continuation as its decoder's output."""
+        rounding. An encoder-decoder scores the continuation as its decoder's output; a model with
+        a soft prompt scores whole rows (:meth:`_right_padded_loglikelihood`)."""
         tok = self.tokenizer
         if self.seq2seq:
             return self._seq2seq_loglikelihood(requests)
         texts = render_prompts(tok, [r[0] for r in requests])
         prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         continuations = [tok(c, add_special_tokens=False)["input_ids"] for _, c in requests]
+        if reads_soft_prompt(self.model):
+            return self._right_padded_loglikelihood(prompts, continuations)
         scores = [0.0] * len(requests)
         unique, owner = distinct_prompts(prompts)
-        for b in range(0, len(unique), self.batch_size):
+        for b in range(0, len(unique), self.batch_size):   # prompts, with all their choices
             rows = [r for r in range(len(requests)) if b <= owner[r] < b + self.batch_size and continuations[r]]
             if not rows:
                 continue
@@ -155,11 +159,34 @@ class HFGenerator:
             for i, r in enumerate(rows):
                 ids_RC[i, :len(continuations[r])], mask_RC[i, :len(continuations[r])] = \
                     torch.tensor(continuations[r]), 1.0
-            logits_RCV = shared_prefix_logits(self.model, unique[b:b + self.batch_size], owner[rows] - b,
-                                              ids_RC.to(self.device), tok.pad_token_id)
-            logps_RC = gather_logps(logits_RCV.float(), ids_RC.to(self.device)).cpu() * mask_RC
+            ids_RC = ids_RC.to(self.device)
+            logits_RCV = shared_prefix_logits(self.model, unique[b:b + self.batch_size], owner[rows] - b, ids_RC,
+                                              tok.pad_token_id)
+            logps_RC = gather_logps(logits_RCV.float(), ids_RC).cpu() * mask_RC
             for i, r in enumerate(rows):
                 scores[r] = logps_RC[i].sum().item()
+        return scores
+
+    def _right_padded_loglikelihood(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[float]:
+        """One forward per batch of whole ``prompt + continuation`` rows, right padded: for a model
+        that puts a soft prompt (``adapter=prompt|attempt``) before every row and so recomputes it
+        from the row, where a cached prompt cannot be continued and left padding would move the
+        real tokens away from the soft prompt."""
+        seqs = [p + c for p, c in zip(prompts, continuations)]
+        scores: list[float] = []
+        for b in range(0, len(seqs), self.batch_size):
+            chunk = seqs[b:b + self.batch_size]
+            ids_BT = torch.full((len(chunk), max(map(len, chunk))), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask_BT = torch.zeros_like(ids_BT)
+            for r, seq in enumerate(chunk):
+                ids_BT[r, :len(seq)], mask_BT[r, :len(seq)] = torch.tensor(seq), 1
+            ids_BT, mask_BT = ids_BT.to(self.device), mask_BT.to(self.device)
+            # token t is predicted at position t - 1
+            token_logps_BT = gather_logps(self.model(input_ids=ids_BT, attention_mask=mask_BT).logits[:, :-1].float(),
+                                          ids_BT[:, 1:])
+            for r in range(len(chunk)):
+                start, end = len(prompts[b + r]), len(chunk[r])
+                scores.append(token_logps_BT[r, start - 1:end - 1].sum().item())
         return scores
 
     def _seq2seq_loglikelihood(self, requests: list[tuple[list[dict], str]]) -> list[float]:

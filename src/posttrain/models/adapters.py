@@ -310,6 +310,15 @@ def _same_model(spec: str, resolve) -> str | None:
         return spec
 
 
+def reads_soft_prompt(model) -> bool:
+    """Whether ``model`` puts a soft prompt before every row (``adapter=prompt|attempt``): its
+    forward recomputes that prompt from the row, so it cannot continue a cached prompt."""
+    if attempt_of(model) is not None:
+        return True
+    peft_config = getattr(model, "peft_config", None) or {}
+    return any(getattr(c, "is_prompt_learning", False) for c in peft_config.values())
+
+
 def attempt_of(model) -> AttemptLM | None:
     """The ``AttemptLM`` inside ``model`` (DDP / accelerate wrappers unwrapped), or None."""
     while not isinstance(model, AttemptLM) and isinstance(getattr(model, "module", None), torch.nn.Module):
