@@ -149,10 +149,12 @@ class HFGenerator:
             return self._right_padded_loglikelihood(prompts, continuations)
         scores = [0.0] * len(requests)
         unique, owner = distinct_prompts(prompts)
-        for b in range(0, len(unique), self.batch_size):   # prompts, with all their choices
-            rows = [r for r in range(len(requests)) if b <= owner[r] < b + self.batch_size and continuations[r]]
-            if not rows:
-                continue
+        batches: dict[int, list[int]] = {}   # batch_size prompts at a time, with all their choices
+        for r, u in enumerate(owner.tolist()):
+            if continuations[r]:
+                batches.setdefault(u // self.batch_size, []).append(r)
+        for k, rows in batches.items():
+            b = k * self.batch_size
             width = max(len(continuations[r]) for r in rows)
             ids_RC = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
             mask_RC = torch.zeros((len(rows), width))
@@ -162,9 +164,9 @@ class HFGenerator:
             ids_RC = ids_RC.to(self.device)
             logits_RCV = shared_prefix_logits(self.model, unique[b:b + self.batch_size], owner[rows] - b, ids_RC,
                                               tok.pad_token_id)
-            logps_RC = gather_logps(logits_RCV.float(), ids_RC).cpu() * mask_RC
-            for i, r in enumerate(rows):
-                scores[r] = logps_RC[i].sum().item()
+            sums = (gather_logps(logits_RCV.float(), ids_RC).cpu() * mask_RC).sum(-1).tolist()
+            for r, value in zip(rows, sums):
+                scores[r] = value
         return scores
 
     def _right_padded_loglikelihood(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[float]:
